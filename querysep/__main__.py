@@ -1,0 +1,5 @@
+import sys
+
+from querysep.cli import main
+
+sys.exit(main())

@@ -1,0 +1,192 @@
+"""The `querysep` command line: a thin mirror of the Python API."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from querysep import __version__
+from querysep.errors import QuerysepError
+
+#: Inputs at least this long get a progress bar.
+PROGRESS_SECONDS = 30.0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="querysep",
+        description="Query-conditioned sound separation: extract or remove any sound by text or example.",
+    )
+    parser.add_argument("--version", action="version", version=f"querysep {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+
+    sep = sub.add_parser(
+        "separate",
+        help="separate a recording by one or more queries",
+        description="Writes <stem>_<query>.wav (what the query asks for) and <stem>_<query>_residual.wav "
+        "(the rest) per query. 'remove the X' / 'everything except the X' ask for the rest.",
+    )
+    sep.add_argument("input", type=Path, help="audio file (wav, flac, ogg, mp3, ...)")
+    sep.add_argument(
+        "query", nargs="?", help="text query, e.g. 'dog barking' or 'remove the traffic noise'"
+    )
+    sep.add_argument(
+        "-q",
+        "--query",
+        dest="more",
+        action="append",
+        default=[],
+        metavar="QUERY",
+        help="another query (repeatable): all queries share one pass over the audio",
+    )
+    sep.add_argument(
+        "--query-audio",
+        type=Path,
+        metavar="PATH",
+        help="an example recording of the target sound; mixed with QUERY when both are given",
+    )
+    sep.add_argument(
+        "--audio-weight",
+        type=float,
+        default=0.5,
+        metavar="W",
+        help="weight of --query-audio against QUERY when both are given (default 0.5)",
+    )
+    sep.add_argument(
+        "--negative", action="append", metavar="Q", help="a sound that must not be extracted"
+    )
+    sep.add_argument(
+        "-m",
+        "--model",
+        help="bundle directory, Hub id or registry name (default: the registry default)",
+    )
+    sep.add_argument(
+        "-o",
+        "--out",
+        type=Path,
+        default=Path("separated"),
+        help="output directory (default ./separated)",
+    )
+    sep.add_argument("--format", choices=["wav", "flac"], default="wav")
+    sep.add_argument("--subtype", help="sample format: FLOAT (wav default), PCM_16, PCM_24, PCM_32")
+    sep.add_argument(
+        "--chunk-seconds", type=float, metavar="S", help="chunk length (default: the model's)"
+    )
+    sep.add_argument("--overlap", type=float, metavar="F", help="chunk overlap fraction in [0, 1)")
+    sep.add_argument("--batch-size", type=int, metavar="N", help="chunks per forward pass")
+    sep.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps")
+    sep.add_argument(
+        "--dtype", choices=["fp32", "bf16", "fp16"], help="compute precision (default fp32)"
+    )
+    sep.add_argument("--quiet", action="store_true", help="no progress bar, only errors")
+
+    init = sub.add_parser("init-model", help="write a randomly initialised bundle from a config")
+    init.add_argument(
+        "config", type=Path, help="a model config, e.g. configs/models/bandsplit-tiny.yaml"
+    )
+    init.add_argument("outdir", type=Path)
+    init.add_argument("--seed", type=int, default=0)
+    init.add_argument("--force", action="store_true", help="replace an existing bundle in OUTDIR")
+
+    sub.add_parser("models", help="list the named pretrained models")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.command is None:
+        parser.print_help()
+        return 2
+    try:
+        return {"separate": _separate, "init-model": _init_model, "models": _models}[args.command](
+            args
+        )
+    except QuerysepError as exc:
+        print(f"querysep: error: {exc}", file=sys.stderr)
+        return 1
+    except OSError as exc:  # e.g. an unwritable output directory
+        print(
+            f"querysep: error: {exc.strerror or exc}: {exc.filename or ''}".rstrip(": "),
+            file=sys.stderr,
+        )
+        return 1
+    except KeyboardInterrupt:
+        print("querysep: interrupted", file=sys.stderr)
+        return 130
+
+
+def _separate(args: argparse.Namespace) -> int:
+    from querysep import audio
+    from querysep.query import AudioQuery, Query
+    from querysep.separator import load
+
+    queries: list[Query] = []
+    if args.query_audio is not None:
+        audio.info(args.query_audio)  # fail early on a bad example file
+        example = AudioQuery(str(args.query_audio))
+        if args.query:
+            w = args.audio_weight
+            if not 0 <= w <= 1:
+                raise QuerysepError("--audio-weight must be between 0 and 1")
+            queries.append(Query.make(args.query, example, weights=(1 - w, w)))
+        else:
+            queries.append(Query.make(audio=example))
+    elif args.query:
+        queries.append(Query.from_text(args.query))
+    queries += [Query.from_text(q) for q in args.more]
+    if not queries:
+        raise QuerysepError("give a text QUERY, -q QUERY or --query-audio PATH")
+    info = audio.info(args.input)
+    separator = load(args.model, device=args.device, dtype=args.dtype)
+    paths = separator.separate_file(
+        args.input,
+        queries,
+        args.out,
+        negative=args.negative,
+        format=args.format,
+        subtype=args.subtype,
+        chunk_seconds=args.chunk_seconds,
+        overlap=args.overlap,
+        batch_size=args.batch_size,
+        progress=not args.quiet and info.duration >= PROGRESS_SECONDS,
+    )
+    if not args.quiet:
+        for query, (target, residual) in zip(queries, paths, strict=True):
+            print(f"{query.label}: {target}  (rest: {residual})")
+    return 0
+
+
+def _init_model(args: argparse.Namespace) -> int:
+    from querysep.separator import CONFIG_NAME, Separator
+
+    if (args.outdir / CONFIG_NAME).exists() and not args.force:
+        raise QuerysepError(f"{args.outdir} already holds a bundle: pass --force to replace it")
+    separator = Separator.from_config(args.config, seed=args.seed)
+    separator.save_pretrained(args.outdir)
+    n = separator.model.num_parameters()
+    print(
+        f"wrote {args.outdir} ({separator.config['family']}, {n / 1e6:.2f} M parameters, "
+        f"{separator.sample_rate} Hz)"
+    )
+    return 0
+
+
+def _models(args: argparse.Namespace) -> int:
+    from querysep import pretrained
+
+    names = pretrained.names()
+    if not names:
+        print("no named models registered yet; use a bundle directory with --model")
+    for name in names:
+        entry = pretrained.lookup(name)
+        assert entry is not None
+        mark = " (default)" if name == pretrained.DEFAULT_MODEL else ""
+        print(f"{name}{mark}: {entry.description} [{entry.license}]")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

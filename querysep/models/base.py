@@ -1,0 +1,62 @@
+"""The contract between separator families and the streaming engine."""
+
+from __future__ import annotations
+
+from typing import Any, ClassVar
+
+import torch
+from torch import Tensor, nn
+
+from querysep.errors import ConfigError
+
+
+class SeparatorModel(nn.Module):
+    """A mono, query-conditioned separator at a fixed sample rate.
+
+    Subclasses take their hyper-parameters as one plain dict (what the bundle's config.json
+    stores) and implement `forward`. The engine folds channels and chunks into the batch, so a
+    model only ever sees fixed-length mono chunks.
+    """
+
+    family: ClassVar[str] = ""
+    #: Whether `forward` uses the `negative` embedding itself; otherwise the Separator folds a
+    #: negative query into the positive embedding.
+    accepts_negative: ClassVar[bool] = False
+
+    def __init__(self, config: dict[str, Any]) -> None:
+        super().__init__()
+        self.config = dict(config)
+        try:
+            self.sample_rate = int(config["sample_rate"])
+            self.query_dim = int(config["query_dim"])
+        except (KeyError, TypeError, ValueError) as exc:
+            raise ConfigError(
+                f"{self.family} config needs integer sample_rate and query_dim ({exc})"
+            ) from None
+
+    def forward(self, mixture: Tensor, query: Tensor, negative: Tensor | None = None) -> Tensor:
+        """mixture [B, T], query [B, D] (L2-normalised), negative [B, D] or None -> target [B, T]."""
+        raise NotImplementedError
+
+    def separate_many(
+        self, mixture: Tensor, queries: Tensor, negatives: Tensor | None = None
+    ) -> Tensor:
+        """mixture [B, T], queries [K, D] -> targets [B, K, T].
+
+        The default repeats the mixture per query; models that encode the mixture once and
+        condition afterwards override this to share the encoding.
+        """
+        b, k = mixture.shape[0], queries.shape[0]
+        mix = mixture.repeat_interleave(k, dim=0)
+        q = queries.repeat(b, 1)
+        neg = negatives.repeat(b, 1) if negatives is not None else None
+        return self(mix, q, neg).reshape(b, k, -1)
+
+    def num_parameters(self) -> int:
+        return sum(p.numel() for p in self.parameters())
+
+    @torch.no_grad()
+    def example_inputs(self, batch: int = 1, seconds: float = 1.0) -> tuple[Tensor, Tensor]:
+        t = int(seconds * self.sample_rate)
+        q = torch.nn.functional.normalize(torch.randn(batch, self.query_dim), dim=-1)
+        return torch.randn(batch, t) * 0.1, q

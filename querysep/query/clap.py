@@ -1,0 +1,225 @@
+"""CLAP query encoder: text and audio examples -> L2-normalised embeddings for a separator."""
+
+from __future__ import annotations
+
+import contextlib
+import warnings
+from collections import OrderedDict
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from querysep import audio as qaudio
+from querysep.errors import ModelLoadError, QueryError
+from querysep.query.parse import AudioQuery, Query, QueryPart
+
+CLAP_SAMPLE_RATE = 48_000
+CLAP_WINDOW_SECONDS = 10.0
+#: LAION CLAP's text tower saw at most 77 tokens in training.
+MAX_TEXT_TOKENS = 77
+#: The default encoder for real models: LAION's general-audio CLAP (HTSAT-base, unfused).
+DEFAULT_CLAP = "laion/clap-htsat-unfused"
+
+
+@contextlib.contextmanager
+def _fixed_numpy_seed(seed: int) -> Iterator[None]:
+    # ClapFeatureExtractor picks random crops from numpy's global RNG (fusion mode);
+    # a query must embed identically every time.
+    state = np.random.get_state()
+    np.random.seed(seed)
+    try:
+        yield
+    finally:
+        np.random.set_state(state)
+
+
+class ClapQueryEncoder:
+    """Wraps `transformers.ClapModel` and its processor; caches text embeddings by string."""
+
+    def __init__(
+        self, model: Any, processor: Any, *, source: str | None = None, cache_size: int = 4096
+    ):
+        self.model = model.eval().requires_grad_(False)
+        self.processor = processor
+        self.source = source
+        self.cache_size = cache_size
+        self._text_cache: OrderedDict[str, Tensor] = OrderedDict()
+        text_cfg = model.config.text_config
+        self.max_text_tokens = min(MAX_TEXT_TOKENS, int(text_cfg.max_position_embeddings) - 2)
+
+    # -- construction ---------------------------------------------------------------------
+    @classmethod
+    def from_pretrained(
+        cls, name_or_path: str | Path, *, revision: str | None = None
+    ) -> ClapQueryEncoder:
+        """A local directory or a hub id (e.g. laion/clap-htsat-unfused, laion/larger_clap_general)."""
+        from transformers import ClapModel, ClapProcessor
+
+        source = str(name_or_path)
+        try:
+            model = ClapModel.from_pretrained(source, revision=revision)
+            processor = ClapProcessor.from_pretrained(source, revision=revision)
+        except Exception as exc:  # hub, network, or file-format errors all mean "cannot load"
+            raise ModelLoadError(
+                _describe_load_failure("CLAP query encoder", source, exc)
+            ) from None
+        return cls(model, processor, source=source)
+
+    @classmethod
+    def tiny(cls, seed: int = 0) -> ClapQueryEncoder:
+        """A random tiny CLAP built from config: offline tests, smoke runs, new bundles."""
+        from querysep.query.tiny import build_tiny_clap
+
+        model, processor = build_tiny_clap(seed)
+        return cls(model, processor, source=None)
+
+    def save_pretrained(self, directory: str | Path) -> None:
+        self.model.save_pretrained(directory)
+        self.processor.save_pretrained(directory)
+
+    # -- properties -----------------------------------------------------------------------
+    @property
+    def dim(self) -> int:
+        return int(self.model.config.projection_dim)
+
+    @property
+    def fused(self) -> bool:
+        return bool(getattr(self.model.config.audio_config, "enable_fusion", False))
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.model.parameters()).device
+
+    def to(self, device: torch.device | str) -> ClapQueryEncoder:
+        self.model.to(device)
+        return self
+
+    # -- embeddings -----------------------------------------------------------------------
+    @torch.inference_mode()
+    def embed_text(self, texts: Sequence[str]) -> Tensor:
+        """[B] strings -> [B, D] float32 on CPU, unit norm."""
+        texts = list(texts)
+        for t in texts:
+            if not isinstance(t, str) or not t.strip():
+                raise QueryError("text queries must be non-empty strings")
+        missing = list(dict.fromkeys(t for t in texts if t not in self._text_cache))
+        if missing:
+            for text, emb in zip(missing, self._encode_text(missing), strict=True):
+                self._remember(text, emb)
+        for t in texts:
+            self._text_cache.move_to_end(t)
+        return torch.stack([self._text_cache[t] for t in texts])
+
+    def _encode_text(self, texts: list[str]) -> Tensor:
+        tokenizer = self.processor.tokenizer
+        for text in texts:
+            n = len(tokenizer(text)["input_ids"])
+            if n > self.max_text_tokens:
+                warnings.warn(
+                    f"query text is {n} tokens; CLAP reads only the first {self.max_text_tokens}: "
+                    f"{text[:60]!r}...",
+                    stacklevel=4,
+                )
+        enc = tokenizer(
+            texts,
+            padding=True,
+            truncation=True,
+            max_length=self.max_text_tokens,
+            return_tensors="pt",
+        )
+        enc = {k: v.to(self.device) for k, v in enc.items() if k in ("input_ids", "attention_mask")}
+        out = self.model.get_text_features(**enc)
+        return _unit(_pooled(out)).float().cpu()
+
+    def _remember(self, text: str, emb: Tensor) -> None:
+        self._text_cache[text] = emb
+        while len(self._text_cache) > self.cache_size:
+            self._text_cache.popitem(last=False)
+
+    @torch.inference_mode()
+    def embed_audio(self, waveforms: Sequence[Any] | np.ndarray, sample_rate: int) -> Tensor:
+        """Audio examples ([T] or [C, T] each, any rate) -> [B, D] float32 on CPU, unit norm.
+
+        Examples are downmixed and resampled to 48 kHz. Unfused checkpoints see 10 s at a
+        time, so longer examples are embedded window by window and averaged: the whole example
+        counts, deterministically (rather than the feature extractor's random crop).
+        """
+        if isinstance(waveforms, np.ndarray) and waveforms.ndim == 1:
+            waveforms = [waveforms]
+        embs = [self._embed_one(w, sample_rate) for w in waveforms]
+        if not embs:
+            raise QueryError("no audio examples given")
+        return torch.stack(embs)
+
+    def _embed_one(self, waveform: Any, sample_rate: int) -> Tensor:
+        wave = qaudio.to_array(waveform, sample_rate)
+        mono = wave.mean(axis=0, keepdims=True)
+        mono = qaudio.resample(mono, sample_rate, CLAP_SAMPLE_RATE)[0]
+        if not np.any(mono):
+            raise QueryError("the audio query is silent: it cannot describe a sound")
+        window = int(CLAP_WINDOW_SECONDS * CLAP_SAMPLE_RATE)
+        if self.fused or len(mono) <= window:
+            pieces = [mono]
+        else:
+            pieces = [mono[i : i + window] for i in range(0, len(mono), window)]
+            if len(pieces) > 1 and len(pieces[-1]) < window // 4:
+                pieces.pop()  # a short tail would be repeat-padded into a different sound
+        fe = self.processor.feature_extractor
+        with _fixed_numpy_seed(0):
+            feats = fe(
+                pieces,
+                sampling_rate=CLAP_SAMPLE_RATE,
+                truncation="fusion" if self.fused else "rand_trunc",
+                padding="repeatpad",
+                return_tensors="pt",
+            )
+        inputs = {"input_features": feats["input_features"].to(self.device)}
+        if "is_longer" in feats:
+            inputs["is_longer"] = feats["is_longer"].to(self.device)
+        embs = _unit(_pooled(self.model.get_audio_features(**inputs)).float().cpu())
+        return _unit(embs.mean(dim=0))
+
+    def embed_part(self, part: QueryPart) -> Tensor:
+        if isinstance(part, str):
+            return self.embed_text([part])[0]
+        if isinstance(part, AudioQuery):
+            if isinstance(part.audio, (str, Path)):
+                wave, rate = qaudio.load(part.audio)
+            else:
+                if part.sample_rate is None:
+                    raise QueryError("an audio-array query needs its sample_rate")
+                wave, rate = part.audio, part.sample_rate
+            return self.embed_audio([wave], rate)[0]
+        raise QueryError(f"cannot embed a query part of type {type(part).__name__}")
+
+    def embed(self, query: Query) -> tuple[Tensor, Tensor | None]:
+        """A query -> (positive [D], negative [D] or None), each unit norm."""
+        pos = sum(
+            w * self.embed_part(p) for p, w in zip(query.positives, query.weights, strict=True)
+        )
+        neg = None
+        if query.negatives:
+            neg = _unit(torch.stack([self.embed_part(p) for p in query.negatives]).mean(dim=0))
+        return _unit(pos), neg  # type: ignore[arg-type]
+
+
+def _pooled(out: Any) -> Tensor:
+    return out.pooler_output if hasattr(out, "pooler_output") else out
+
+
+def _unit(x: Tensor) -> Tensor:
+    return torch.nn.functional.normalize(x, dim=-1)
+
+
+def _describe_load_failure(what: str, source: str, exc: Exception) -> str:
+    first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+    if Path(source).exists():
+        return f"cannot load the {what} from {source}: {first}"
+    return (
+        f"cannot load the {what} {source!r} from the Hugging Face Hub (offline, or not in the "
+        f"local cache?): {first}. Download it once with network access, or point to a local copy."
+    )

@@ -1,0 +1,569 @@
+"""`Separator`: a separator model + its query encoder, saved and loaded as one bundle.
+
+Bundle layout (a directory, or a Hugging Face Hub repo with the same files):
+
+    config.json          family, hyper-parameters, sample rate, query-encoder spec, version
+    model.safetensors    separator weights
+    query_encoder/       ClapModel + ClapProcessor files (absent when config names a hub id)
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import tempfile
+from collections.abc import Callable, Sequence
+from contextlib import ExitStack
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from querysep import __version__, audio as qaudio, pretrained
+from querysep.apply import ChunkFn, ChunkPlan, iter_array_blocks, stream_separate
+from querysep.config import load_config, normalize_config, validate_inference
+from querysep.errors import ModelLoadError, QueryError, QuerysepError
+from querysep.models import SeparatorModel, build_model
+from querysep.query import ClapQueryEncoder, Query, as_queries
+from querysep.query.parse import slug
+from querysep.runtime import resolve_device, resolve_dtype
+
+CONFIG_NAME = "config.json"
+WEIGHTS_NAME = "model.safetensors"
+QUERY_ENCODER_DIR = "query_encoder"
+TINY_CLAP_DIM = 16
+#: How strongly a negative query is subtracted for models that cannot take one natively.
+NEGATIVE_FOLD = 0.5
+_PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl")
+_BLOCK_SECONDS = 10.0
+
+
+@dataclass
+class SeparationResult:
+    """What one query produced: `target` (what was asked for) and `residual` = mixture - target.
+
+    Arrays are float32 [channels, frames] at the input's own sample rate and length.
+    """
+
+    target: np.ndarray
+    residual: np.ndarray
+    sample_rate: int
+    query: Query
+
+    def save(
+        self,
+        directory: str | Path,
+        stem: str = "mixture",
+        *,
+        format: str = "wav",
+        subtype: str | None = None,
+    ) -> tuple[Path, Path]:
+        """Writes `<stem>_<query-slug>.<format>` and `..._residual.<format>` atomically."""
+        target_path, residual_path = output_paths(directory, stem, self.query, format)
+        qaudio.save(target_path, self.target, self.sample_rate, subtype=subtype)
+        qaudio.save(residual_path, self.residual, self.sample_rate, subtype=subtype)
+        return target_path, residual_path
+
+
+def output_paths(
+    directory: str | Path, stem: str, query: Query, format: str = "wav"
+) -> tuple[Path, Path]:
+    name = f"{stem}_{slug(query.label)}"
+    directory = Path(directory)
+    return directory / f"{name}.{format}", directory / f"{name}_residual.{format}"
+
+
+class Separator:
+    """A ready-to-use separator: `Separator.from_pretrained(path).separate(audio, "dog")`."""
+
+    def __init__(
+        self,
+        model: SeparatorModel,
+        config: dict[str, Any],
+        query_encoder: ClapQueryEncoder | None = None,
+    ) -> None:
+        self.model = model.eval()
+        self.config = config
+        self._query_encoder = query_encoder
+        self.device = torch.device("cpu")
+        self.dtype = torch.float32
+
+    # -- construction ---------------------------------------------------------------------
+    @classmethod
+    def from_config(cls, config: str | Path | dict[str, Any], *, seed: int = 0) -> Separator:
+        """A randomly initialised separator: the start of training, and offline test models."""
+        cfg = load_config(config) if isinstance(config, (str, Path)) else normalize_config(config)
+        qe_spec = dict(cfg["query_encoder"])
+        encoder = None
+        if qe_spec.get("tiny"):
+            encoder = ClapQueryEncoder.tiny(seed)
+            dim = encoder.dim
+        elif qe_spec.get("path"):
+            encoder = ClapQueryEncoder.from_pretrained(qe_spec["path"])
+            dim = encoder.dim
+        else:
+            dim = int(qe_spec.get("dim", 512))  # hub encoder: loaded on first query
+        cfg["query_encoder"] = {**qe_spec, "dim": dim}
+        torch.manual_seed(seed)
+        model = build_model(
+            cfg["family"], {**cfg["model"], "sample_rate": cfg["sample_rate"], "query_dim": dim}
+        )
+        return cls(model, cfg, encoder)
+
+    @classmethod
+    def from_pretrained(
+        cls,
+        name_or_path: str | Path,
+        *,
+        device: str | torch.device | None = "auto",
+        dtype: str | torch.dtype | None = None,
+        revision: str | None = None,
+    ) -> Separator:
+        """A registry name, a local bundle directory or a Hub repo id."""
+        directory = _locate_bundle(str(name_or_path), revision)
+        cfg = _read_bundle_config(directory)
+        _refuse_pickles(directory)
+        model_cfg = {
+            **cfg["model"],
+            "sample_rate": cfg["sample_rate"],
+            "query_dim": cfg["query_encoder"]["dim"],
+        }
+        model = build_model(cfg["family"], model_cfg)
+        _load_weights(model, directory / WEIGHTS_NAME)
+        qe_spec = cfg["query_encoder"]
+        encoder = None
+        if qe_spec.get("path"):
+            encoder = ClapQueryEncoder.from_pretrained(directory / qe_spec["path"])
+        sep = cls(model, cfg, encoder)
+        return sep.to(device, dtype)
+
+    def save_pretrained(self, directory: str | Path) -> Path:
+        """Writes the bundle; files land under temporary names first, then move into place."""
+        directory = Path(directory)
+        directory.mkdir(parents=True, exist_ok=True)
+        from safetensors.torch import save_file
+
+        cfg = dict(self.config)
+        cfg["querysep_version"] = __version__
+        qe_spec = {k: v for k, v in cfg["query_encoder"].items() if k not in ("tiny", "path")}
+        if "hub_id" not in qe_spec:  # tiny or local encoders travel inside the bundle
+            _save_dir_atomic(self.query_encoder.save_pretrained, directory / QUERY_ENCODER_DIR)
+            qe_spec = {"path": QUERY_ENCODER_DIR, "dim": self.query_encoder.dim}
+        cfg["query_encoder"] = qe_spec
+        state = {
+            k: v.detach().float().contiguous().cpu() for k, v in self.model.state_dict().items()
+        }
+        _atomic_write(
+            directory / WEIGHTS_NAME, lambda p: save_file(state, str(p), metadata={"format": "pt"})
+        )
+        _atomic_write(
+            directory / CONFIG_NAME,
+            lambda p: p.write_text(
+                json.dumps(cfg, indent=2, sort_keys=True) + "\n", encoding="utf-8"
+            ),
+        )
+        return directory
+
+    # -- properties -----------------------------------------------------------------------
+    @property
+    def sample_rate(self) -> int:
+        return self.model.sample_rate
+
+    @property
+    def query_encoder(self) -> ClapQueryEncoder:
+        if self._query_encoder is None:
+            spec = self.config["query_encoder"]
+            self._query_encoder = ClapQueryEncoder.from_pretrained(
+                spec["hub_id"], revision=spec.get("revision")
+            )
+            if self._query_encoder.dim != self.model.query_dim:
+                raise ModelLoadError(
+                    f"query encoder {spec['hub_id']} gives {self._query_encoder.dim}-d embeddings, "
+                    f"the separator expects {self.model.query_dim}"
+                )
+            self._query_encoder.to(self.device)
+        return self._query_encoder
+
+    def to(
+        self, device: str | torch.device | None = None, dtype: str | torch.dtype | None = None
+    ) -> Separator:
+        self.device = resolve_device(device if device is not None else self.device)
+        self.dtype = resolve_dtype(dtype, self.device) if dtype is not None else self.dtype
+        self.model.to(self.device)
+        if self._query_encoder is not None:
+            self._query_encoder.to(self.device)
+        return self
+
+    # -- queries --------------------------------------------------------------------------
+    def embed_queries(self, queries: Sequence[Query]) -> tuple[Tensor, Tensor | None]:
+        """Each query embedded once: positives [K, D], negatives [K, D] (zeros = none) or None."""
+        pos, neg = [], []
+        for q in queries:
+            p, n = self.query_encoder.embed(q)
+            pos.append(p)
+            neg.append(n)
+        positives = torch.stack(pos)
+        if all(n is None for n in neg):
+            return positives, None
+        negatives = torch.stack(
+            [n if n is not None else torch.zeros_like(positives[0]) for n in neg]
+        )
+        if getattr(self.model, "accepts_negative", False):
+            return positives, negatives
+        folded = torch.nn.functional.normalize(positives - NEGATIVE_FOLD * negatives, dim=-1)
+        return folded, None
+
+    def _chunk_fn(self, positives: Tensor, negatives: Tensor | None) -> ChunkFn:
+        device, dtype = self.device, self.dtype
+        pos = positives.to(device)
+        neg = negatives.to(device) if negatives is not None else None
+
+        @torch.inference_mode()
+        def fn(rows: Tensor) -> Tensor:
+            with torch.autocast(device.type, dtype=dtype, enabled=dtype != torch.float32):
+                return self.model.separate_many(rows.to(device), pos, neg).float()
+
+        return fn
+
+    def _plan(
+        self, chunk_seconds: float | None, overlap: float | None, batch_size: int | None
+    ) -> ChunkPlan:
+        inference = dict(self.config["inference"])
+        for key, value in (
+            ("chunk_seconds", chunk_seconds),
+            ("overlap", overlap),
+            ("batch_size", batch_size),
+        ):
+            if value is not None:
+                inference[key] = value
+        try:
+            validate_inference(inference, "separation settings")
+        except QuerysepError as exc:
+            raise QuerysepError(str(exc)) from None
+        return ChunkPlan.from_seconds(
+            self.sample_rate,
+            inference["chunk_seconds"],
+            inference["overlap"],
+            inference["batch_size"],
+        )
+
+    # -- separation -----------------------------------------------------------------------
+    def separate(
+        self,
+        audio: Any,
+        query: Any,
+        *,
+        negative: Any = None,
+        sample_rate: int | None = None,
+        chunk_seconds: float | None = None,
+        overlap: float | None = None,
+        batch_size: int | None = None,
+        progress: bool = False,
+    ) -> SeparationResult | list[SeparationResult]:
+        """Separate `audio` (a path, or an array / tensor with `sample_rate`) by `query`.
+
+        `query` is text ("dog barking", "remove the traffic"), an `AudioQuery`, a `Query`, or
+        a list of those: a list returns one result per query, all from one pass over the audio.
+        """
+        queries, as_list = as_queries(query)
+        queries = [q.with_negatives(negative) for q in queries]
+        source = _open_source(audio, sample_rate)
+        targets = [np.zeros((source.channels, source.frames), np.float32) for _ in queries]
+        residuals = [np.zeros_like(t) for t in targets]
+        cursor = [0] * len(queries)
+
+        def write(k: int, target: np.ndarray, residual: np.ndarray) -> None:
+            n = target.shape[1]
+            targets[k][:, cursor[k] : cursor[k] + n] = target
+            residuals[k][:, cursor[k] : cursor[k] + n] = residual
+            cursor[k] += n
+
+        self._run(source, queries, write, chunk_seconds, overlap, batch_size, progress)
+        results = [
+            SeparationResult(*_orient(q, t, r), sample_rate=source.sample_rate, query=q)
+            for q, t, r in zip(queries, targets, residuals, strict=True)
+        ]
+        return results if as_list else results[0]
+
+    def separate_file(
+        self,
+        input_path: str | Path,
+        query: Any,
+        output_dir: str | Path,
+        *,
+        negative: Any = None,
+        stem: str | None = None,
+        format: str = "wav",
+        subtype: str | None = None,
+        chunk_seconds: float | None = None,
+        overlap: float | None = None,
+        batch_size: int | None = None,
+        progress: bool = False,
+    ) -> list[tuple[Path, Path]]:
+        """File to files, streamed block by block: memory stays flat for any input length."""
+        queries, _ = as_queries(query)
+        queries = [q.with_negatives(negative) for q in queries]
+        source = _open_source(input_path, None)
+        stem = stem or Path(input_path).stem
+        paths = [output_paths(output_dir, stem, q, format) for q in queries]
+        _check_unique(paths)
+        for pair in paths:
+            for p in pair:
+                qaudio.refuse_overwrite(p, [Path(input_path)])
+        with ExitStack() as stack:
+            writers = [
+                tuple(
+                    stack.enter_context(
+                        qaudio.AudioWriter(p, source.sample_rate, source.channels, subtype=subtype)
+                    )
+                    for p in pair
+                )
+                for pair in paths
+            ]
+
+            def write(k: int, target: np.ndarray, residual: np.ndarray) -> None:
+                t, r = _orient(queries[k], target, residual)
+                writers[k][0].write(t)
+                writers[k][1].write(r)
+
+            self._run(source, queries, write, chunk_seconds, overlap, batch_size, progress)
+        return paths
+
+    def _run(
+        self,
+        source: _Source,
+        queries: list[Query],
+        write: Callable[[int, np.ndarray, np.ndarray], None],
+        chunk_seconds: float | None,
+        overlap: float | None,
+        batch_size: int | None,
+        progress: bool,
+    ) -> None:
+        plan = self._plan(chunk_seconds, overlap, batch_size)
+        positives, negatives = self.embed_queries(queries)
+        bar = _progress_bar(source, progress)
+        try:
+            stream_separate(
+                source.blocks(),
+                sample_rate=source.sample_rate,
+                model_rate=self.sample_rate,
+                channels=source.channels,
+                total_frames=source.frames,
+                fn=self._chunk_fn(positives, negatives),
+                plan=plan,
+                num_outputs=len(queries),
+                sink=_FnSink(write),
+                progress=(lambda n: bar.update(n / source.sample_rate)) if bar else None,
+            )
+        finally:
+            if bar:
+                bar.close()
+
+
+# -- module-level API -------------------------------------------------------------------------
+_LOADED: dict[tuple[str, str, str], Separator] = {}
+
+
+def load(
+    model: str | Path | Separator | None = None, *, device: Any = "auto", dtype: Any = None
+) -> Separator:
+    """Resolves `model` (None = the registry's default) to a loaded Separator, cached per process."""
+    if isinstance(model, Separator):
+        return model.to(device, dtype)
+    name = str(model) if model is not None else pretrained.default_model()
+    key = (name, str(device), str(dtype))
+    if key not in _LOADED:
+        _LOADED[key] = Separator.from_pretrained(name, device=device, dtype=dtype)
+    return _LOADED[key]
+
+
+def separate(
+    audio: Any,
+    query: Any,
+    *,
+    model: str | Path | Separator | None = None,
+    negative: Any = None,
+    sample_rate: int | None = None,
+    device: str | torch.device | None = "auto",
+    dtype: str | torch.dtype | None = None,
+    chunk_seconds: float | None = None,
+    overlap: float | None = None,
+    progress: bool = False,
+) -> SeparationResult | list[SeparationResult]:
+    """Extract (or remove) what `query` describes from `audio`. See `Separator.separate`."""
+    return load(model, device=device, dtype=dtype).separate(
+        audio,
+        query,
+        negative=negative,
+        sample_rate=sample_rate,
+        chunk_seconds=chunk_seconds,
+        overlap=overlap,
+        progress=progress,
+    )
+
+
+# -- helpers ----------------------------------------------------------------------------------
+@dataclass
+class _Source:
+    sample_rate: int
+    channels: int
+    frames: int
+    blocks: Callable[[], Any]
+
+
+def _open_source(audio: Any, sample_rate: int | None) -> _Source:
+    if isinstance(audio, (str, Path)):
+        if sample_rate is not None:
+            raise QuerysepError("sample_rate is for array input; a file carries its own rate")
+        info = qaudio.info(audio)
+        block = max(1024, int(_BLOCK_SECONDS * info.sample_rate))
+        return _Source(
+            info.sample_rate, info.channels, info.frames, lambda: qaudio.read_blocks(audio, block)
+        )
+    if sample_rate is None:
+        raise QuerysepError("array input needs sample_rate=... (the rate of the samples)")
+    array = qaudio.to_array(audio, sample_rate)
+    rate = int(sample_rate)
+    block = max(1024, int(_BLOCK_SECONDS * rate))
+    return _Source(rate, array.shape[0], array.shape[1], lambda: iter_array_blocks(array, block))
+
+
+def _orient(query: Query, extracted: np.ndarray, rest: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """ "remove X" asks for the rest: its target is mixture - X and its residual X itself."""
+    return (rest, extracted) if query.mode == "remove" else (extracted, rest)
+
+
+class _FnSink:
+    def __init__(self, fn: Callable[[int, np.ndarray, np.ndarray], None]):
+        self.write = fn
+
+
+def _progress_bar(source: _Source, enabled: bool) -> Any:
+    if not enabled:
+        return None
+    from tqdm.auto import tqdm
+
+    total = round(source.frames / source.sample_rate, 2)
+    return tqdm(
+        total=total,
+        unit="s",
+        desc="separating",
+        bar_format="{l_bar}{bar}| {n:.1f}/{total:.1f} s [{elapsed}<{remaining}]",
+    )
+
+
+def _check_unique(paths: list[tuple[Path, Path]]) -> None:
+    flat = [p for pair in paths for p in pair]
+    if len(set(flat)) != len(flat):
+        raise QueryError("two queries map to the same output file name: make them different")
+
+
+def _atomic_write(path: Path, writer: Callable[[Path], Any]) -> None:
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(fd)
+    try:
+        writer(Path(tmp))
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def _save_dir_atomic(save: Callable[[str], Any], target: Path) -> None:
+    import shutil
+
+    tmp = tempfile.mkdtemp(dir=target.parent, prefix=f".{target.name}.")
+    try:
+        save(tmp)
+        if target.exists():
+            shutil.rmtree(target)
+        os.replace(tmp, target)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+
+
+def _locate_bundle(name: str, revision: str | None) -> Path:
+    entry = pretrained.lookup(name)
+    if entry is not None:
+        return pretrained.materialize(name)
+    path = Path(name).expanduser()
+    if path.is_dir():
+        return path
+    if path.exists():
+        raise ModelLoadError(
+            f"{name} is a file; a model is a bundle directory with {CONFIG_NAME} and {WEIGHTS_NAME}"
+        )
+    if not re.fullmatch(r"[\w.-]+/[\w.-]+", name):
+        known = ", ".join(pretrained.names()) or "none yet"
+        raise ModelLoadError(
+            f"model {name!r} is not a directory, a Hub id or a known name (known: {known})"
+        )
+    from huggingface_hub import snapshot_download
+
+    try:
+        local = snapshot_download(
+            name,
+            revision=revision,
+            allow_patterns=[CONFIG_NAME, WEIGHTS_NAME, f"{QUERY_ENCODER_DIR}/*"],
+        )
+    except Exception as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise ModelLoadError(
+            f"cannot fetch model {name!r} from the Hugging Face Hub (offline and not cached?): {first}"
+        ) from None
+    return Path(local)
+
+
+def _read_bundle_config(directory: Path) -> dict[str, Any]:
+    path = directory / CONFIG_NAME
+    if not path.is_file():
+        raise ModelLoadError(f"{directory} is not a querysep bundle: {CONFIG_NAME} is missing")
+    try:
+        raw = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise ModelLoadError(f"cannot read {path}: {exc}") from None
+    cfg = normalize_config(raw, where=str(path))
+    if "dim" not in cfg["query_encoder"]:
+        raise ModelLoadError(f"{path}: query_encoder.dim is missing")
+    return cfg
+
+
+def _refuse_pickles(directory: Path) -> None:
+    if (directory / WEIGHTS_NAME).is_file():
+        return
+    pickles = [p.name for p in directory.iterdir() if p.suffix in _PICKLE_SUFFIXES]
+    if pickles:
+        raise ModelLoadError(
+            f"{directory} holds pickle weights ({', '.join(pickles)}), which querysep refuses to load "
+            f"(they can run code); convert them to {WEIGHTS_NAME}"
+        )
+    raise ModelLoadError(f"{directory}: {WEIGHTS_NAME} is missing")
+
+
+def _load_weights(model: SeparatorModel, path: Path) -> None:
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
+    try:
+        state = load_file(str(path))
+    except (SafetensorError, OSError, ValueError) as exc:
+        raise ModelLoadError(f"cannot read weights {path}: {exc}") from None
+    try:
+        result = model.load_state_dict(state, strict=False)
+    except RuntimeError as exc:  # shape mismatches
+        first = str(exc).strip().splitlines()
+        raise ModelLoadError(
+            f"weights in {path} do not fit the config: {first[-1].strip() if first else exc}"
+        ) from None
+    problems = []
+    if result.missing_keys:
+        problems.append(f"missing {', '.join(result.missing_keys[:5])}")
+    if result.unexpected_keys:
+        problems.append(f"unexpected {', '.join(result.unexpected_keys[:5])}")
+    if problems:
+        raise ModelLoadError(f"weights in {path} do not match the config: {'; '.join(problems)}")

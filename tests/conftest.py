@@ -1,0 +1,45 @@
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+ROOT = Path(__file__).resolve().parents[1]
+DATA = ROOT / "tests" / "data"
+CONFIGS = ROOT / "configs" / "models"
+
+
+@pytest.fixture(scope="session")
+def tiny_bundle(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A random tiny band-split bundle whose FiLM is perturbed so queries matter."""
+    import torch
+
+    from querysep.separator import Separator
+
+    sep = Separator.from_config(CONFIGS / "bandsplit-tiny.yaml", seed=0)
+    g = torch.Generator().manual_seed(1)
+    with torch.no_grad():
+        for name, p in sep.model.named_parameters():
+            if "film" in name.lower():
+                p.add_(0.1 * torch.randn(p.shape, generator=g))
+    out = tmp_path_factory.mktemp("bundle") / "tiny"
+    sep.save_pretrained(out)
+    return out
+
+
+@pytest.fixture(scope="session")
+def tiny_separator(tiny_bundle: Path):
+    from querysep.separator import Separator
+
+    return Separator.from_pretrained(tiny_bundle, device="cpu")
+
+
+def tone(freq: float, seconds: float, sr: int, channels: int = 1, amp: float = 0.3) -> np.ndarray:
+    t = np.arange(int(seconds * sr)) / sr
+    x = amp * np.sin(2 * np.pi * freq * t)
+    return np.stack([x * (1 - 0.2 * c) for c in range(channels)]).astype(np.float32)
