@@ -48,7 +48,10 @@ def main() -> int:
     target, residual = result.save(args.out, stem="dog_and_cow")
     reference = dog * (0.9 / max(1e-9, float(np.abs(dog + cow).max())))
     print(f"mixture:  {mix_path}\ntarget:   {target}\nresidual: {residual}")
-    print(f"SDR (plain SNR, the LASS convention) of the target vs the true dog: {float(metrics.sdr(result.target, reference).mean()):.2f} dB")
+    print(
+        "SDR (plain SNR, the LASS convention) of the target vs the true dog: "
+        f"{float(metrics.sdr(result.target, reference).mean()):.2f} dB"
+    )
     return 0
 
 

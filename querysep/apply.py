@@ -148,7 +148,8 @@ class OverlapAdd:
             result = self.fn(rows[active])
             if result.shape != (int(active.sum()), self.k, rows.shape[1]):
                 raise QuerysepError(
-                    f"model returned shape {tuple(result.shape)} for input {tuple(rows[active].shape)}"
+                    f"model returned shape {tuple(result.shape)} "
+                    f"for input {tuple(rows[active].shape)}"
                 )
             result = result.float().cpu()
             if not torch.isfinite(result).all():

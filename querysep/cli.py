@@ -17,7 +17,8 @@ PROGRESS_SECONDS = 30.0
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="querysep",
-        description="Query-conditioned sound separation: extract or remove any sound by text or example.",
+        description="Query-conditioned sound separation: extract or remove any sound "
+        "by text or example.",
     )
     parser.add_argument("--version", action="version", version=f"querysep {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
@@ -25,7 +26,8 @@ def build_parser() -> argparse.ArgumentParser:
     sep = sub.add_parser(
         "separate",
         help="separate a recording by one or more queries",
-        description="Writes <stem>_<query>.wav (what the query asks for) and <stem>_<query>_residual.wav "
+        description="Writes <stem>_<query>.wav (what the query asks for) and "
+        "<stem>_<query>_residual.wav "
         "(the rest) per query. 'remove the X' / 'everything except the X' ask for the rest.",
     )
     sep.add_argument("input", type=Path, help="audio file (wav, flac, ogg, mp3, ...)")
@@ -140,6 +142,9 @@ def _separate(args: argparse.Namespace) -> int:
     if not queries:
         raise QuerysepError("give a text QUERY, -q QUERY or --query-audio PATH")
     info = audio.info(args.input)
+    from querysep.runtime import resolve_device, resolve_dtype
+
+    resolve_dtype(args.dtype, resolve_device(args.device))  # fail before loading anything
     separator = load(args.model, device=args.device, dtype=args.dtype)
     paths = separator.separate_file(
         args.input,

@@ -39,9 +39,13 @@ def si_sdr(estimate: Any, reference: Any) -> np.ndarray:
     est, ref = _pair(estimate, reference)
     est = est - est.mean(axis=-1, keepdims=True)
     ref = ref - ref.mean(axis=-1, keepdims=True)
-    alpha = np.sum(est * ref, axis=-1, keepdims=True) / (np.sum(ref**2, axis=-1, keepdims=True) + EPS)
+    alpha = np.sum(est * ref, axis=-1, keepdims=True) / (
+        np.sum(ref**2, axis=-1, keepdims=True) + EPS
+    )
     target = alpha * ref
-    return 10 * np.log10((np.sum(target**2, axis=-1) + EPS) / (np.sum((est - target) ** 2, axis=-1) + EPS))
+    return 10 * np.log10(
+        (np.sum(target**2, axis=-1) + EPS) / (np.sum((est - target) ** 2, axis=-1) + EPS)
+    )
 
 
 def sdr_improvement(estimate: Any, reference: Any, mixture: Any) -> np.ndarray:

@@ -13,6 +13,7 @@ import json
 import os
 import re
 import tempfile
+import warnings
 from collections.abc import Callable, Sequence
 from contextlib import ExitStack
 from dataclasses import dataclass
@@ -23,7 +24,8 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from querysep import __version__, audio as qaudio, pretrained
+from querysep import __version__, pretrained
+from querysep import audio as qaudio
 from querysep.apply import ChunkFn, ChunkPlan, iter_array_blocks, stream_separate
 from querysep.config import load_config, normalize_config, validate_inference
 from querysep.errors import ModelLoadError, QueryError, QuerysepError
@@ -224,7 +226,12 @@ class Separator:
 
         @torch.inference_mode()
         def fn(rows: Tensor) -> Tensor:
-            with torch.autocast(device.type, dtype=dtype, enabled=dtype != torch.float32):
+            with (
+                torch.autocast(device.type, dtype=dtype, enabled=dtype != torch.float32),
+                warnings.catch_warnings(),
+            ):
+                # CPU autocast leaves norm weights in fp32; torch warns it takes the unfused path
+                warnings.filterwarnings("ignore", message="Mismatch dtype between input and weight")
                 return self.model.separate_many(rows.to(device), pos, neg).float()
 
         return fn
@@ -371,7 +378,7 @@ _LOADED: dict[tuple[str, str, str], Separator] = {}
 def load(
     model: str | Path | Separator | None = None, *, device: Any = "auto", dtype: Any = None
 ) -> Separator:
-    """Resolves `model` (None = the registry's default) to a loaded Separator, cached per process."""
+    """Resolves `model` (None = the registry default) to a Separator, cached per process."""
     if isinstance(model, Separator):
         return model.to(device, dtype)
     name = str(model) if model is not None else pretrained.default_model()
@@ -514,7 +521,8 @@ def _locate_bundle(name: str, revision: str | None) -> Path:
     except Exception as exc:
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise ModelLoadError(
-            f"cannot fetch model {name!r} from the Hugging Face Hub (offline and not cached?): {first}"
+            f"cannot fetch model {name!r} from the Hugging Face Hub "
+            f"(offline and not cached?): {first}"
         ) from None
     return Path(local)
 
@@ -539,7 +547,8 @@ def _refuse_pickles(directory: Path) -> None:
     pickles = [p.name for p in directory.iterdir() if p.suffix in _PICKLE_SUFFIXES]
     if pickles:
         raise ModelLoadError(
-            f"{directory} holds pickle weights ({', '.join(pickles)}), which querysep refuses to load "
+            f"{directory} holds pickle weights ({', '.join(pickles)}), "
+            "which querysep refuses to load "
             f"(they can run code); convert them to {WEIGHTS_NAME}"
         )
     raise ModelLoadError(f"{directory}: {WEIGHTS_NAME} is missing")

@@ -77,14 +77,18 @@ def test_k_outputs_and_silence_skips_model() -> None:
     assert torch.allclose(y[1], -x, atol=1e-6) and torch.allclose(y[2], 2 * x, atol=1e-6)
     assert torch.equal(y[:, 1], torch.zeros(3, 3000))
     assert sum(seen) < 8  # only the non-silent chunk rows reached the model
-    assert torch.equal(overlap_add(fn, torch.zeros(1, 500), ChunkPlan(1000, 250), 3), torch.zeros(3, 1, 500))
+    assert torch.equal(
+        overlap_add(fn, torch.zeros(1, 500), ChunkPlan(1000, 250), 3), torch.zeros(3, 1, 500)
+    )
 
 
 def test_nan_from_model_is_an_error() -> None:
     from querysep.errors import QuerysepError
 
     with pytest.raises(QuerysepError, match="NaN"):
-        overlap_add(lambda r: (r * float("nan")).unsqueeze(1), torch.ones(1, 10), ChunkPlan(100, 25), 1)
+        overlap_add(
+            lambda r: (r * float("nan")).unsqueeze(1), torch.ones(1, 10), ChunkPlan(100, 25), 1
+        )
 
 
 class _Collect:
@@ -106,7 +110,9 @@ def test_stream_separate_resamples_back_to_exact_length(rate: int, model_rate: i
     n = int(2.7 * rate) + 3
     # band-limited content so the rate round trip is (nearly) lossless
     t = np.arange(n) / rate
-    mix = np.stack([0.3 * np.sin(2 * np.pi * 300 * t), 0.2 * np.sin(2 * np.pi * 1234 * t + 1)]).astype(np.float32)
+    mix = np.stack(
+        [0.3 * np.sin(2 * np.pi * 300 * t), 0.2 * np.sin(2 * np.pi * 1234 * t + 1)]
+    ).astype(np.float32)
     mix += 1e-3 * rng.standard_normal(mix.shape).astype(np.float32) * 0
     sink = _Collect(2, 2)
     stream_separate(
@@ -121,7 +127,7 @@ def test_stream_separate_resamples_back_to_exact_length(rate: int, model_rate: i
         sink=sink,
     )
     target, residual = sink.result(0)
-    half, half_res = sink.result(1)
+    half, _ = sink.result(1)
     assert target.shape == residual.shape == mix.shape
     np.testing.assert_allclose(target + residual, mix, atol=1e-6)  # exact residual definition
     core = slice(rate // 10, n - rate // 10)  # resampler edges aside

@@ -18,7 +18,12 @@ ENV = {**os.environ, "HF_HUB_OFFLINE": "1"}
 
 def run(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess:
     return subprocess.run(
-        [sys.executable, "-m", "querysep", *args], capture_output=True, text=True, env=ENV, cwd=cwd, timeout=300
+        [sys.executable, "-m", "querysep", *args],
+        capture_output=True,
+        text=True,
+        env=ENV,
+        cwd=cwd,
+        timeout=300,
     )
 
 
@@ -39,8 +44,21 @@ def test_init_model_then_separate_end_to_end(tmp_path: Path) -> None:
     src = tmp_path / "street.wav"
     sf.write(src, mix.T, 22050, subtype="PCM_16")
     out = run(
-        "separate", str(src), "extract the dog barking", "-q", "remove the traffic", "--negative", "rain",
-        "--model", str(bundle), "-o", str(tmp_path / "sep"), "--chunk-seconds", "1", "--format", "flac",
+        "separate",
+        str(src),
+        "extract the dog barking",
+        "-q",
+        "remove the traffic",
+        "--negative",
+        "rain",
+        "--model",
+        str(bundle),
+        "-o",
+        str(tmp_path / "sep"),
+        "--chunk-seconds",
+        "1",
+        "--format",
+        "flac",
     )
     assert out.returncode == 0, out.stderr
     names = sorted(p.name for p in (tmp_path / "sep").iterdir())
@@ -56,7 +74,17 @@ def test_init_model_then_separate_end_to_end(tmp_path: Path) -> None:
     assert rate == 22050 and target.shape == original.shape
     np.testing.assert_allclose(target + residual, original, atol=1e-4)
 
-    out = run("separate", str(src), "--query-audio", str(src), "dog", "--model", str(bundle), "-o", str(tmp_path / "a"))
+    out = run(
+        "separate",
+        str(src),
+        "dog",
+        "--query-audio",
+        str(src),
+        "--model",
+        str(bundle),
+        "-o",
+        str(tmp_path / "a"),
+    )
     assert out.returncode == 0, out.stderr
     assert (tmp_path / "a" / "street_dog-audio-street-wav.wav").is_file()
 
@@ -143,9 +171,27 @@ def test_peak_memory_does_not_grow_with_input_length(bundle: Path, tmp_path: Pat
             for _ in range(seconds // 15):
                 f.write(tone(440, 15.0, 44100, channels=2).T)
         out = subprocess.run(
-            [sys.executable, "-c", PEAK_RSS, "separate", str(src), "dog", "--model", str(bundle), "-o",
-             str(tmp_path / "o"), "--quiet"],
-            capture_output=True, text=True, env=ENV, timeout=600,
+            [
+                sys.executable,
+                "-c",
+                PEAK_RSS,
+                "separate",
+                str(src),
+                "dog",
+                "--model",
+                str(bundle),
+                "-o",
+                str(tmp_path / "o"),
+                "--quiet",
+                "--chunk-seconds",  # small chunks: the allocator's per-chunk churn stays small
+                "1",
+                "--batch-size",
+                "1",
+            ],
+            capture_output=True,
+            text=True,
+            env=ENV,
+            timeout=600,
         )
         assert out.returncode == 0, out.stderr
         peaks[seconds] = int(out.stdout.split("PEAK")[-1]) / 1024  # MiB

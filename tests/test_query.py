@@ -97,7 +97,9 @@ def test_text_embeddings_normalised_and_cached(encoder: ClapQueryEncoder) -> Non
 
 def test_text_embedding_independent_of_batch(encoder: ClapQueryEncoder) -> None:
     alone = encoder._encode_text(["a cat meowing"])
-    batched = encoder._encode_text(["a cat meowing", "a much longer caption about rain falling on a roof"])
+    batched = encoder._encode_text(
+        ["a cat meowing", "a much longer caption about rain falling on a roof"]
+    )
     assert torch.allclose(alone[0], batched[0], atol=1e-5)
 
 

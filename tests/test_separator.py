@@ -31,7 +31,9 @@ def test_bundle_round_trip_is_bit_identical(tiny_bundle: Path, tmp_path: Path) -
     assert not list((tmp_path / "again").glob(".*"))  # no temp files left behind
 
 
-@pytest.mark.parametrize(("rate", "channels", "seconds"), [(44100, 1, 1.0), (16000, 2, 3.3), (48000, 2, 0.05)])
+@pytest.mark.parametrize(
+    ("rate", "channels", "seconds"), [(44100, 1, 1.0), (16000, 2, 3.3), (48000, 2, 0.05)]
+)
 def test_output_matches_input_rate_channels_length(
     tiny_separator: Separator, rate: int, channels: int, seconds: float
 ) -> None:
@@ -83,7 +85,9 @@ def test_audio_example_and_mixed_queries(tiny_separator: Separator) -> None:
     mix = tone(440, 1.0, 44100) + tone(2500, 1.0, 44100, amp=0.2)
     by_path = tiny_separator.separate(mix, AudioQuery(str(DATA / "dog.mp3")), sample_rate=44100)
     mixed = tiny_separator.separate(
-        mix, Query.make("dog barking", AudioQuery(str(DATA / "dog.mp3")), weights=(0.5, 0.5)), sample_rate=44100
+        mix,
+        Query.make("dog barking", AudioQuery(str(DATA / "dog.mp3")), weights=(0.5, 0.5)),
+        sample_rate=44100,
     )
     assert np.isfinite(by_path.target).all() and np.isfinite(mixed.target).all()
     assert not np.allclose(by_path.target, mixed.target, atol=1e-5)
@@ -96,7 +100,11 @@ def test_silence_in_silence_out(tiny_separator: Separator) -> None:
 
 @pytest.mark.parametrize(
     "bad",
-    [np.zeros((1, 0), np.float32), np.full((1, 100), np.nan, np.float32), np.ones((40, 100), np.float32)],
+    [
+        np.zeros((1, 0), np.float32),
+        np.full((1, 100), np.nan, np.float32),
+        np.ones((40, 100), np.float32),
+    ],
 )
 def test_bad_arrays_are_audio_errors(tiny_separator: Separator, bad: np.ndarray) -> None:
     with pytest.raises(AudioError):
@@ -112,14 +120,18 @@ def test_array_needs_rate_and_rates_are_checked(tiny_separator: Separator) -> No
         tiny_separator.separate(np.ones(1000, np.float32), "dog", sample_rate=16000, overlap=1.5)
 
 
-def test_separate_file_streams_to_disk_and_matches_memory(tiny_separator: Separator, tmp_path: Path) -> None:
+def test_separate_file_streams_to_disk_and_matches_memory(
+    tiny_separator: Separator, tmp_path: Path
+) -> None:
     import soundfile as sf
 
     mix = tone(440, 7.5, 32000, channels=2) + tone(1800, 7.5, 32000, channels=2, amp=0.1)
     src = tmp_path / "in.flac"
     sf.write(src, mix.T, 32000, subtype="PCM_24")
     loaded = sf.read(src, dtype="float32")[0].T
-    paths = tiny_separator.separate_file(src, ["dog", "remove the rain"], tmp_path / "out", chunk_seconds=2.0)
+    paths = tiny_separator.separate_file(
+        src, ["dog", "remove the rain"], tmp_path / "out", chunk_seconds=2.0
+    )
     memory = tiny_separator.separate(src, ["dog", "remove the rain"], chunk_seconds=2.0)
     assert [p.name for p in paths[0]] == ["in_dog.wav", "in_dog_residual.wav"]
     for (tpath, rpath), res in zip(paths, memory, strict=True):
@@ -129,7 +141,10 @@ def test_separate_file_streams_to_disk_and_matches_memory(tiny_separator: Separa
         np.testing.assert_allclose(target.T, res.target, atol=1e-6)
         np.testing.assert_allclose(target.T + residual.T, loaded, atol=1e-5)
     assert sorted(p.name for p in (tmp_path / "out").iterdir()) == [
-        "in_dog.wav", "in_dog_residual.wav", "in_remove-the-rain.wav", "in_remove-the-rain_residual.wav"
+        "in_dog.wav",
+        "in_dog_residual.wav",
+        "in_remove-the-rain.wav",
+        "in_remove-the-rain_residual.wav",
     ]
 
 
@@ -148,7 +163,9 @@ def test_bf16_runs_on_cpu(tiny_bundle: Path) -> None:
     sep = Separator.from_pretrained(tiny_bundle, device="cpu", dtype="bf16")
     mix = tone(440, 1.0, 44100)
     res = sep.separate(mix, "dog", sample_rate=44100)
-    ref = Separator.from_pretrained(tiny_bundle, device="cpu").separate(mix, "dog", sample_rate=44100)
+    ref = Separator.from_pretrained(tiny_bundle, device="cpu").separate(
+        mix, "dog", sample_rate=44100
+    )
     assert np.isfinite(res.target).all()
     assert metrics.sdr(res.target, ref.target).min() > 15  # bf16 close to fp32
     with pytest.raises(QuerysepError, match="fp16"):
@@ -156,7 +173,9 @@ def test_bf16_runs_on_cpu(tiny_bundle: Path) -> None:
 
 
 def test_module_level_separate_and_default_model(tiny_bundle: Path) -> None:
-    res = separate(tone(440, 0.5, 16000), "dog", model=str(tiny_bundle), sample_rate=16000, device="cpu")
+    res = separate(
+        tone(440, 0.5, 16000), "dog", model=str(tiny_bundle), sample_rate=16000, device="cpu"
+    )
     assert res.target.shape == (1, 8000)
     with pytest.raises(ModelLoadError, match="--model"):
         separate(tone(440, 0.5, 16000), "dog", sample_rate=16000)
@@ -197,7 +216,9 @@ def test_other_sample_rates_build_and_run(rate: int) -> None:
 
 
 @pytest.mark.parametrize("name", ["bandsplit-small.yaml", "bandsplit-base.yaml"])
-def test_hub_encoder_configs_build_offline_and_fail_clearly_on_query(name: str, tmp_path: Path) -> None:
+def test_hub_encoder_configs_build_offline_and_fail_clearly_on_query(
+    name: str, tmp_path: Path
+) -> None:
     sep = Separator.from_config(CONFIGS / name)
     assert sep.model.query_dim == 512
     sep.save_pretrained(tmp_path / "b")

@@ -35,7 +35,7 @@ class SeparatorModel(nn.Module):
             ) from None
 
     def forward(self, mixture: Tensor, query: Tensor, negative: Tensor | None = None) -> Tensor:
-        """mixture [B, T], query [B, D] (L2-normalised), negative [B, D] or None -> target [B, T]."""
+        """mixture [B, T], query [B, D] (unit norm), negative [B, D] or None -> target [B, T]."""
         raise NotImplementedError
 
     def separate_many(

@@ -56,10 +56,13 @@ class ClapQueryEncoder:
     def from_pretrained(
         cls, name_or_path: str | Path, *, revision: str | None = None
     ) -> ClapQueryEncoder:
-        """A local directory or a hub id (e.g. laion/clap-htsat-unfused, laion/larger_clap_general)."""
+        """A local directory or a hub id such as laion/clap-htsat-unfused."""
         from transformers import ClapModel, ClapProcessor
+        from transformers.utils import logging as hf_logging
 
         source = str(name_or_path)
+        bars = hf_logging.is_progress_bar_enabled()
+        hf_logging.disable_progress_bar()  # a weight-loading bar per query encoder is noise
         try:
             model = ClapModel.from_pretrained(source, revision=revision)
             processor = ClapProcessor.from_pretrained(source, revision=revision)
@@ -67,6 +70,9 @@ class ClapQueryEncoder:
             raise ModelLoadError(
                 _describe_load_failure("CLAP query encoder", source, exc)
             ) from None
+        finally:
+            if bars:
+                hf_logging.enable_progress_bar()
         return cls(model, processor, source=source)
 
     @classmethod

@@ -51,8 +51,13 @@ _CORPUS = [
 
 def build_tiny_clap(seed: int = 0) -> tuple[Any, Any]:
     from tokenizers import ByteLevelBPETokenizer
-    from transformers import ClapConfig, ClapFeatureExtractor, ClapModel, ClapProcessor
-    from transformers import RobertaTokenizer
+    from transformers import (
+        ClapConfig,
+        ClapFeatureExtractor,
+        ClapModel,
+        ClapProcessor,
+        RobertaTokenizer,
+    )
 
     bpe = ByteLevelBPETokenizer()
     bpe.train_from_iterator(
