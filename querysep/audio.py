@@ -26,6 +26,7 @@ MAX_SAMPLE_RATE = 384_000
 MAX_CHANNELS = 32
 _FORMATS = {".wav": ("WAV", "FLOAT"), ".flac": ("FLAC", "PCM_24"), ".ogg": ("OGG", "VORBIS")}
 _RESAMPLE_QUALITY = "HQ"
+_ESTIMATED_LENGTH = {"MP3", "MPEG"}
 
 
 @dataclass(frozen=True)
@@ -79,9 +80,33 @@ def info(path: str | Path) -> AudioInfo:
     _check_rate_for(meta.samplerate, path)
     _check_channels(meta.channels, str(path))
     _check_wav_complete(path, meta)
+    frames = _count_frames(path) if meta.format in _ESTIMATED_LENGTH else int(meta.frames)
     return AudioInfo(
-        path, int(meta.samplerate), int(meta.channels), int(meta.frames), meta.format, meta.subtype
+        path, int(meta.samplerate), int(meta.channels), frames, meta.format, meta.subtype
     )
+
+
+def _count_frames(path: Path) -> int:
+    """MP3 headers only estimate the length (encoder delay and padding): decode to count."""
+    n = sum(block.shape[1] for block in _decode(path, 1 << 16))
+    if n == 0:
+        raise AudioError(f"{path} holds no audio samples")
+    return n
+
+
+def _decode(path: Path, block_frames: int) -> Iterator[np.ndarray]:
+    """Raw float32 [C, n] blocks as libsndfile decodes them (never padded to the header length)."""
+    try:
+        with sf.SoundFile(str(path)) as f:
+            while True:
+                block = f.read(block_frames, dtype="float32", always_2d=True)
+                if not len(block):
+                    return
+                yield np.ascontiguousarray(block.T)
+    except (sf.LibsndfileError, RuntimeError) as exc:
+        raise AudioError(
+            f"cannot decode {path} (corrupt or truncated?): {_first_line(exc)}"
+        ) from None
 
 
 def _check_rate_for(rate: int, path: Path) -> None:
@@ -177,20 +202,11 @@ def read_blocks(path: str | Path, block_frames: int) -> Iterator[np.ndarray]:
     """Stream a file as float32 [channels, n] blocks without loading it whole."""
     meta = info(path)
     read = 0
-    try:
-        with sf.SoundFile(str(path)) as f:
-            while True:
-                block = f.read(block_frames, dtype="float32", always_2d=True)
-                if not len(block):
-                    break
-                if not np.isfinite(block).all():
-                    raise AudioError(f"{path} contains NaN or infinite samples")
-                read += len(block)
-                yield np.ascontiguousarray(block.T)
-    except (sf.LibsndfileError, RuntimeError) as exc:
-        raise AudioError(
-            f"cannot decode {path} (corrupt or truncated?): {_first_line(exc)}"
-        ) from None
+    for block in _decode(Path(path), block_frames):
+        if not np.isfinite(block).all():
+            raise AudioError(f"{path} contains NaN or infinite samples")
+        read += block.shape[1]
+        yield block
     if read < meta.frames:
         raise AudioError(f"{path} is truncated: {read} of {meta.frames} frames could be read")
 
