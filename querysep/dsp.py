@@ -25,11 +25,17 @@ class STFT(nn.Module):
         return self.n_fft // 2 + 1
 
     def forward(self, wave: Tensor) -> Tensor:
-        """[..., T] real -> [..., F, frames] complex."""
+        """[..., T] real -> [..., F, frames] complex.
+
+        Inputs shorter than one window are zero-padded on the right (reflect padding needs
+        more samples); `inverse(spec, T)` crops back to the true length.
+        """
         shape = wave.shape
+        if shape[-1] < self.n_fft:
+            wave = torch.nn.functional.pad(wave, (0, self.n_fft - shape[-1]))
         with torch.autocast(wave.device.type, enabled=False):
             spec = torch.stft(
-                wave.reshape(-1, shape[-1]).float(),
+                wave.reshape(-1, wave.shape[-1]).float(),
                 self.n_fft,
                 self.hop_length,
                 self.win_length,
