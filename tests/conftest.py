@@ -43,3 +43,23 @@ def tone(freq: float, seconds: float, sr: int, channels: int = 1, amp: float = 0
     t = np.arange(int(seconds * sr)) / sr
     x = amp * np.sin(2 * np.pi * freq * t)
     return np.stack([x * (1 - 0.2 * c) for c in range(channels)]).astype(np.float32)
+
+
+def bad_audio_files(tmp: Path) -> dict[str, Path]:
+    """Every kind of unusable input file, by name."""
+    import soundfile as sf
+
+    (tmp / "empty.wav").write_bytes(b"")
+    (tmp / "random.flac").write_bytes(np.random.default_rng(0).bytes(4000))
+    (tmp / "folder.wav").mkdir()
+    sf.write(tmp / "full.wav", tone(440, 1.0, 16000).T, 16000)
+    (tmp / "trunc.wav").write_bytes((tmp / "full.wav").read_bytes()[:3000])
+    sf.write(tmp / "full.flac", np.random.default_rng(1).standard_normal((16000, 1)) * 0.1, 16000)
+    data = (tmp / "full.flac").read_bytes()
+    (tmp / "trunc.flac").write_bytes(data[: len(data) // 2])
+    sf.write(tmp / "zero.wav", np.zeros((0, 1)), 16000)
+    sf.write(tmp / "slow.wav", np.zeros((100, 1)), 500)
+    sf.write(tmp / "nan.wav", np.full((1000, 1), np.nan, np.float32), 16000, subtype="FLOAT")
+    names = ("missing.wav", "empty.wav", "random.flac", "folder.wav", "trunc.wav", "trunc.flac",
+             "zero.wav", "slow.wav", "nan.wav")  # fmt: skip
+    return {name: tmp / name for name in names}

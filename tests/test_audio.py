@@ -10,7 +10,7 @@ import torch
 from querysep import audio
 from querysep.errors import AudioError
 
-from .conftest import DATA, tone
+from .conftest import DATA, bad_audio_files, tone
 
 
 def test_info_and_load_real_mp3s() -> None:
@@ -28,23 +28,8 @@ def test_load_resamples(tmp_path: Path) -> None:
     assert rate == 16000 and x.shape == (2, 16000)
 
 
-def _bad_files(tmp: Path) -> dict[str, Path]:
-    (tmp / "empty.wav").write_bytes(b"")
-    (tmp / "random.flac").write_bytes(np.random.default_rng(0).bytes(4000))
-    (tmp / "folder.wav").mkdir()
-    sf.write(tmp / "full.wav", tone(440, 1.0, 16000).T, 16000)
-    (tmp / "trunc.wav").write_bytes((tmp / "full.wav").read_bytes()[:3000])
-    sf.write(tmp / "full.flac", np.random.default_rng(1).standard_normal((16000, 1)) * 0.1, 16000)
-    data = (tmp / "full.flac").read_bytes()
-    (tmp / "trunc.flac").write_bytes(data[: len(data) // 2])
-    sf.write(tmp / "zero.wav", np.zeros((0, 1)), 16000)
-    sf.write(tmp / "slow.wav", np.zeros((100, 1)), 500)
-    return {p: tmp / p for p in ("missing.wav", "empty.wav", "random.flac", "folder.wav",
-                                 "trunc.wav", "trunc.flac", "zero.wav", "slow.wav")}  # fmt: skip
-
-
 def test_bad_files_raise_audio_errors(tmp_path: Path) -> None:
-    for name, path in _bad_files(tmp_path).items():
+    for name, path in bad_audio_files(tmp_path).items():
         with pytest.raises(AudioError) as info:
             audio.load(path)
         message = str(info.value)
@@ -52,7 +37,7 @@ def test_bad_files_raise_audio_errors(tmp_path: Path) -> None:
 
 
 def test_truncated_file_says_truncated(tmp_path: Path) -> None:
-    files = _bad_files(tmp_path)
+    files = bad_audio_files(tmp_path)
     for name in ("trunc.wav", "trunc.flac"):
         with pytest.raises(AudioError, match=r"truncated|corrupt"):
             list(audio.read_blocks(files[name], 1024))

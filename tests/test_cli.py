@@ -11,7 +11,7 @@ import soundfile as sf
 
 from querysep import __version__
 
-from .conftest import CONFIGS, tone
+from .conftest import CONFIGS, bad_audio_files, tone
 
 ENV = {**os.environ, "HF_HUB_OFFLINE": "1"}
 
@@ -96,27 +96,8 @@ def bundle(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return path
 
 
-def bad_inputs(tmp: Path) -> dict[str, Path]:
-    (tmp / "empty.wav").write_bytes(b"")
-    (tmp / "random.wav").write_bytes(np.random.default_rng(0).bytes(5000))
-    (tmp / "dir.wav").mkdir()
-    sf.write(tmp / "full.wav", tone(440, 1.0, 16000).T, 16000)
-    (tmp / "trunc.wav").write_bytes((tmp / "full.wav").read_bytes()[:2000])
-    sf.write(tmp / "nan.wav", np.full((1000, 1), np.nan, np.float32), 16000, subtype="FLOAT")
-    sf.write(tmp / "slow.wav", np.zeros((1000, 1)), 500)
-    return {
-        "missing": tmp / "missing.wav",
-        "empty": tmp / "empty.wav",
-        "random": tmp / "random.wav",
-        "dir": tmp / "dir.wav",
-        "trunc": tmp / "trunc.wav",
-        "nan": tmp / "nan.wav",
-        "slow": tmp / "slow.wav",
-    }
-
-
 def test_bad_inputs_give_one_line_errors(bundle: Path, tmp_path: Path) -> None:
-    for name, path in bad_inputs(tmp_path).items():
+    for name, path in bad_audio_files(tmp_path).items():
         out = run("separate", str(path), "dog", "--model", str(bundle), "-o", str(tmp_path / "o"))
         assert out.returncode != 0, name
         lines = out.stderr.strip().splitlines()
