@@ -26,7 +26,7 @@ lint: $(VENV)/.installed
 
 ## example: separate a bundled recording (pass MODEL=bundle-or-hub-id for real weights)
 example: $(VENV)/.installed
-	HF_HUB_OFFLINE=1 $(PY) -m querysep.examples $(if $(MODEL),--model $(MODEL),)
+	$(PY) demo/example.py $(if $(MODEL),--model "$(MODEL)",) $(if $(QUERY),--query "$(QUERY)",)
 
 bench: $(VENV)/.installed
 	$(PY) bench/separate.py

@@ -54,7 +54,7 @@ class ClapQueryEncoder:
     # -- construction ---------------------------------------------------------------------
     @classmethod
     def from_pretrained(
-        cls, name_or_path: str | Path, *, revision: str | None = None
+        cls, name_or_path: str | Path = DEFAULT_CLAP, *, revision: str | None = None
     ) -> ClapQueryEncoder:
         """A local directory or a hub id such as laion/clap-htsat-unfused."""
         from transformers import ClapModel, ClapProcessor
