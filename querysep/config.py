@@ -11,7 +11,10 @@ import yaml
 
 from querysep.errors import ConfigError
 
-DEFAULT_INFERENCE = {"chunk_seconds": 6.0, "overlap": 0.25, "batch_size": 4}
+#: batch_size "auto": one chunk at a time on CPU (batching buys no speed there and multiplies
+#: the working memory), AUTO_ACCELERATOR_BATCH chunks on GPU / MPS.
+DEFAULT_INFERENCE = {"chunk_seconds": 6.0, "overlap": 0.25, "batch_size": "auto"}
+AUTO_ACCELERATOR_BATCH = 8
 
 
 def load_config(path: str | Path) -> dict[str, Any]:
@@ -64,5 +67,7 @@ def validate_inference(inference: dict[str, Any], where: str = "inference") -> N
         raise ConfigError(f"{where}: chunk_seconds must be between 0.1 and 600, got {chunk!r}")
     if not isinstance(overlap, (int, float)) or not 0 <= overlap < 1:
         raise ConfigError(f"{where}: overlap is a fraction in [0, 1), got {overlap!r}")
-    if not isinstance(batch, int) or batch < 1:
-        raise ConfigError(f"{where}: batch_size must be a positive integer, got {batch!r}")
+    if batch != "auto" and (not isinstance(batch, int) or isinstance(batch, bool) or batch < 1):
+        raise ConfigError(
+            f"{where}: batch_size must be 'auto' or a positive integer, got {batch!r}"
+        )

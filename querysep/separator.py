@@ -27,7 +27,12 @@ from torch import Tensor
 from querysep import __version__, pretrained
 from querysep import audio as qaudio
 from querysep.apply import ChunkFn, ChunkPlan, iter_array_blocks, stream_separate
-from querysep.config import load_config, normalize_config, validate_inference
+from querysep.config import (
+    AUTO_ACCELERATOR_BATCH,
+    load_config,
+    normalize_config,
+    validate_inference,
+)
 from querysep.errors import ModelLoadError, QueryError, QuerysepError
 from querysep.models import SeparatorModel, build_model
 from querysep.query import ClapQueryEncoder, Query, as_queries
@@ -55,16 +60,19 @@ class SeparationResult:
     residual: np.ndarray
     sample_rate: int
     query: Query
+    #: File-name stem for `save`: the input file's stem, or "mixture" for arrays.
+    stem: str = "mixture"
 
     def save(
         self,
         directory: str | Path,
-        stem: str = "mixture",
+        stem: str | None = None,
         *,
         format: str = "wav",
         subtype: str | None = None,
     ) -> tuple[Path, Path]:
         """Writes `<stem>_<query-slug>.<format>` and `..._residual.<format>` atomically."""
+        stem = stem or self.stem
         target_path, residual_path = output_paths(directory, stem, self.query, format)
         qaudio.save(target_path, self.target, self.sample_rate, subtype=subtype)
         qaudio.save(residual_path, self.residual, self.sample_rate, subtype=subtype)
@@ -110,10 +118,11 @@ class Separator:
         else:
             dim = int(qe_spec.get("dim", 512))  # hub encoder: loaded on first query
         cfg["query_encoder"] = {**qe_spec, "dim": dim}
-        torch.manual_seed(seed)
-        model = build_model(
-            cfg["family"], {**cfg["model"], "sample_rate": cfg["sample_rate"], "query_dim": dim}
-        )
+        with torch.random.fork_rng(devices=[]):  # seeded init without touching the caller's RNG
+            torch.manual_seed(seed)
+            model = build_model(
+                cfg["family"], {**cfg["model"], "sample_rate": cfg["sample_rate"], "query_dim": dim}
+            )
         return cls(model, cfg, encoder)
 
     @classmethod
@@ -251,11 +260,11 @@ class Separator:
             validate_inference(inference, "separation settings")
         except QuerysepError as exc:
             raise QuerysepError(str(exc)) from None
+        batch = inference["batch_size"]
+        if batch == "auto":
+            batch = 1 if self.device.type == "cpu" else AUTO_ACCELERATOR_BATCH
         return ChunkPlan.from_seconds(
-            self.sample_rate,
-            inference["chunk_seconds"],
-            inference["overlap"],
-            inference["batch_size"],
+            self.sample_rate, inference["chunk_seconds"], inference["overlap"], batch
         )
 
     # -- separation -----------------------------------------------------------------------
@@ -291,7 +300,7 @@ class Separator:
 
         self._run(source, queries, write, chunk_seconds, overlap, batch_size, progress)
         results = [
-            SeparationResult(*_orient(q, t, r), sample_rate=source.sample_rate, query=q)
+            SeparationResult(*_orient(q, t, r), source.sample_rate, q, source.stem)
             for q, t, r in zip(queries, targets, residuals, strict=True)
         ]
         return results if as_list else results[0]
@@ -420,6 +429,7 @@ class _Source:
     channels: int
     frames: int
     blocks: Callable[[], Any]
+    stem: str = "mixture"
 
 
 def _open_source(audio: Any, sample_rate: int | None) -> _Source:
@@ -428,9 +438,8 @@ def _open_source(audio: Any, sample_rate: int | None) -> _Source:
             raise QuerysepError("sample_rate is for array input; a file carries its own rate")
         info = qaudio.info(audio)
         block = max(1024, int(_BLOCK_SECONDS * info.sample_rate))
-        return _Source(
-            info.sample_rate, info.channels, info.frames, lambda: qaudio.read_blocks(audio, block)
-        )
+        read = lambda: qaudio.read_blocks(audio, block)  # noqa: E731
+        return _Source(info.sample_rate, info.channels, info.frames, read, Path(audio).stem)
     if sample_rate is None:
         raise QuerysepError("array input needs sample_rate=... (the rate of the samples)")
     array = qaudio.to_array(audio, sample_rate)
@@ -440,7 +449,7 @@ def _open_source(audio: Any, sample_rate: int | None) -> _Source:
 
 
 def _orient(query: Query, extracted: np.ndarray, rest: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """ "remove X" asks for the rest: its target is mixture - X and its residual X itself."""
+    """A "remove X" query asks for the rest: target = mixture - X, residual = X."""
     return (rest, extracted) if query.mode == "remove" else (extracted, rest)
 
 
@@ -521,8 +530,8 @@ def _locate_bundle(name: str, revision: str | None) -> Path:
     except Exception as exc:
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise ModelLoadError(
-            f"cannot fetch model {name!r} from the Hugging Face Hub "
-            f"(offline and not cached?): {first}"
+            f"model {name!r} is not a local directory, and fetching it from the Hugging Face "
+            f"Hub failed (offline and not cached?): {first}"
         ) from None
     return Path(local)
 

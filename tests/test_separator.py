@@ -227,3 +227,29 @@ def test_hub_encoder_configs_build_offline_and_fail_clearly_on_query(
     assert not (tmp_path / "b" / "query_encoder").exists()
     with pytest.raises(ModelLoadError, match="Hub"):
         sep.separate(tone(440, 0.2, 44100), "dog", sample_rate=44100)
+
+
+def test_result_save_names_and_formats(tiny_separator: Separator, tmp_path: Path) -> None:
+    import soundfile as sf
+
+    src = tmp_path / "street.wav"
+    sf.write(src, tone(440, 0.5, 16000).T, 16000)
+    from_file = tiny_separator.separate(src, "remove the dog")
+    paths = from_file.save(tmp_path / "o", format="flac", subtype="PCM_16")
+    assert [p.name for p in paths] == [
+        "street_remove-the-dog.flac",
+        "street_remove-the-dog_residual.flac",
+    ]
+    assert sf.info(str(paths[0])).subtype == "PCM_16"
+    from_array = tiny_separator.separate(tone(440, 0.5, 16000), "dog", sample_rate=16000)
+    assert from_array.save(tmp_path / "o")[0].name == "mixture_dog.wav"
+
+
+def test_auto_batch_size_and_inference_overrides(tiny_separator: Separator) -> None:
+    plan = tiny_separator._plan(None, None, None)
+    assert plan.batch_size == 1  # CPU: one chunk at a time
+    assert plan.chunk == round(4.0 * 44100) and plan.overlap == round(0.25 * plan.chunk)
+    plan = tiny_separator._plan(2.0, 0.5, 3)
+    assert (plan.chunk, plan.overlap, plan.batch_size) == (88200, 44100, 3)
+    with pytest.raises(QuerysepError, match="batch_size"):
+        tiny_separator._plan(None, None, 0)
