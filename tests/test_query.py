@@ -153,3 +153,16 @@ def test_hub_encoder_offline_is_a_clear_error(monkeypatch: pytest.MonkeyPatch) -
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     with pytest.raises(ModelLoadError, match="Hugging Face Hub"):
         ClapQueryEncoder.from_pretrained("laion/clap-htsat-unfused-not-cached-here")
+
+
+def test_fused_checkpoints_get_fusion_features() -> None:
+    fused = ClapQueryEncoder.tiny(seed=0, fused=True)
+    assert fused.fused
+    rng = np.random.default_rng(3)
+    long_clip = rng.standard_normal(48000 * 15).astype(np.float32) * 0.1  # > 10 s: fusion path
+    a = fused.embed_audio([long_clip], 48000)
+    b = fused.embed_audio([long_clip], 48000)
+    assert a.shape == (1, 16) and torch.equal(a, b)  # fusion's random crops are seeded
+    state = np.random.get_state()[1].copy()
+    fused.embed_audio([long_clip], 48000)
+    assert np.array_equal(np.random.get_state()[1], state)  # the caller's RNG is untouched

@@ -76,11 +76,11 @@ class ClapQueryEncoder:
         return cls(model, processor, source=source)
 
     @classmethod
-    def tiny(cls, seed: int = 0) -> ClapQueryEncoder:
+    def tiny(cls, seed: int = 0, fused: bool = False) -> ClapQueryEncoder:
         """A random tiny CLAP built from config: offline tests, smoke runs, new bundles."""
         from querysep.query.tiny import build_tiny_clap
 
-        model, processor = build_tiny_clap(seed)
+        model, processor = build_tiny_clap(seed, fused=fused)
         return cls(model, processor, source=None)
 
     def save_pretrained(self, directory: str | Path) -> None:

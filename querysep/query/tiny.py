@@ -49,7 +49,7 @@ _CORPUS = [
 ]
 
 
-def build_tiny_clap(seed: int = 0) -> tuple[Any, Any]:
+def build_tiny_clap(seed: int = 0, fused: bool = False) -> tuple[Any, Any]:
     from tokenizers import ByteLevelBPETokenizer
     from transformers import (
         ClapConfig,
@@ -91,7 +91,7 @@ def build_tiny_clap(seed: int = 0) -> tuple[Any, Any]:
             window_size=8,
             spec_size=256,
             num_mel_bins=64,
-            enable_fusion=False,
+            enable_fusion=fused,
         ),
         projection_dim=16,
     )
