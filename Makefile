@@ -16,13 +16,13 @@ $(VENV)/.installed: pyproject.toml
 
 ## test: install everything into .venv, lint, run the offline test suite
 test: $(VENV)/.installed
-	$(VENV)/bin/ruff check querysep tests bench
-	$(VENV)/bin/ruff format --check querysep tests bench
+	$(VENV)/bin/ruff check querysep tests bench demo
+	$(VENV)/bin/ruff format --check querysep tests bench demo
 	HF_HUB_OFFLINE=1 $(PY) -m pytest -q
 
 lint: $(VENV)/.installed
-	$(VENV)/bin/ruff check querysep tests bench
-	$(VENV)/bin/ruff format --check querysep tests bench
+	$(VENV)/bin/ruff check querysep tests bench demo
+	$(VENV)/bin/ruff format --check querysep tests bench demo
 
 ## example: separate a bundled recording (pass MODEL=bundle-or-hub-id for real weights)
 example: $(VENV)/.installed

@@ -188,22 +188,22 @@ class Separator:
     def query_encoder(self) -> ClapQueryEncoder:
         if self._query_encoder is None:
             spec = self.config["query_encoder"]
-            self._query_encoder = ClapQueryEncoder.from_pretrained(
+            encoder = ClapQueryEncoder.from_pretrained(
                 spec["hub_id"], revision=spec.get("revision")
             )
-            if self._query_encoder.dim != self.model.query_dim:
+            if encoder.dim != self.model.query_dim:
                 raise ModelLoadError(
-                    f"query encoder {spec['hub_id']} gives {self._query_encoder.dim}-d embeddings, "
+                    f"query encoder {spec['hub_id']} gives {encoder.dim}-d embeddings, "
                     f"the separator expects {self.model.query_dim}"
                 )
-            self._query_encoder.to(self.device)
+            self._query_encoder = encoder.to(self.device)
         return self._query_encoder
 
     def to(
         self, device: str | torch.device | None = None, dtype: str | torch.dtype | None = None
     ) -> Separator:
         self.device = resolve_device(device if device is not None else self.device)
-        self.dtype = resolve_dtype(dtype, self.device) if dtype is not None else self.dtype
+        self.dtype = resolve_dtype(dtype if dtype is not None else self.dtype, self.device)
         self.model.to(self.device)
         if self._query_encoder is not None:
             self._query_encoder.to(self.device)
