@@ -13,10 +13,19 @@ class FiLM(nn.Module):
     the additive-only form (beta only) that AudioSep's ResUNet uses.
     """
 
-    def __init__(self, cond_dim: int, dim: int, *, hidden: int | None = None, scale: bool = True):
+    def __init__(
+        self,
+        cond_dim: int,
+        dim: int,
+        *,
+        hidden: int | None = None,
+        scale: bool = True,
+        channel_axis: int = -1,
+    ):
         super().__init__()
         self.dim = dim
         self.scale = scale
+        self.channel_axis = channel_axis  # -1: channels last (transformers); 1: [B, C, ...] (convs)
         out = dim * (2 if scale else 1)
         if hidden:
             self.proj: nn.Module = nn.Sequential(
@@ -29,10 +38,14 @@ class FiLM(nn.Module):
         nn.init.zeros_(last.bias)
 
     def forward(self, x: Tensor, cond: Tensor) -> Tensor:
-        """x: [B, ..., dim]; cond: [B, cond_dim]."""
+        """x: [B, ..., dim] (or [B, dim, ...] with channel_axis=1); cond: [B, cond_dim]."""
         params = self.proj(cond).to(x.dtype)
-        params = params.reshape(params.shape[0], *([1] * (x.ndim - 2)), params.shape[-1])
+        ones = [1] * (x.ndim - 2)
+        if self.channel_axis == 1:
+            params = params.reshape(params.shape[0], params.shape[-1], *ones)
+        else:
+            params = params.reshape(params.shape[0], *ones, params.shape[-1])
         if not self.scale:
             return x + params
-        gamma, beta = params.chunk(2, dim=-1)
+        gamma, beta = params.chunk(2, dim=self.channel_axis)
         return x * (1 + gamma) + beta

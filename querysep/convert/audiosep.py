@@ -1,0 +1,79 @@
+"""AudioSep's ResUNet30 state dict -> querysep's `resunet` family.
+
+AudioSep keeps its UNet under `base.` and all FiLM projections in one `film` module whose
+sub-module names spell the path of the norm they feed (`decoder_block3->conv_block2->beta1`).
+querysep keeps each FiLM beside its norm. Three groups of keys are dropped on purpose, each
+listed in the conversion report: the STFT/iSTFT DFT matrices (recomputed by `querysep.dsp`),
+and each decoder block's `bn2` and `beta2`, which AudioSep builds but never uses in forward.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+
+from torch import Tensor
+
+from querysep.errors import ModelLoadError
+
+_BASE_RULES = [
+    (r"base\.(bn0|pre_conv|after_conv)\.(.+)", r"\1.\2"),
+    (r"base\.encoder_block(\d)\.conv_block1\.(.+)", "encoders.{0}.{1}"),
+    (r"base\.conv_block7a\.conv_block1\.(.+)", r"center.\1"),
+    (r"base\.decoder_block(\d)\.(conv1|bn1|conv_block2)\.(.+)", "decoders.{0}.{1}.{2}"),
+]
+_FILM_RULES = [
+    (
+        r"film\.encoder_block(\d)->conv_block1->beta(\d)\.(weight|bias)",
+        "encoders.{0}.film{1}.proj.{2}",
+    ),
+    (r"film\.conv_block7a->conv_block1->beta(\d)\.(weight|bias)", r"center.film\1.proj.\2"),
+    (r"film\.decoder_block(\d)->beta1\.(weight|bias)", "decoders.{0}.film1.proj.{1}"),
+    (
+        r"film\.decoder_block(\d)->conv_block2->beta(\d)\.(weight|bias)",
+        "decoders.{0}.conv_block2.film{1}.proj.{2}",
+    ),
+]
+_DROPPED = [
+    (r"base\.(stft|istft)\..+", "STFT matrices, recomputed"),
+    (r"base\.decoder_block\d\.bn2\..+", "decoder bn2, unused by AudioSep's forward"),
+    (r"film\.decoder_block\d->beta2\..+", "decoder beta2, unused by AudioSep's forward"),
+]
+
+
+@dataclass
+class Conversion:
+    state: dict[str, Tensor] = field(default_factory=dict)
+    dropped: dict[str, str] = field(default_factory=dict)  # key -> why
+
+
+def map_key(key: str) -> str | None:
+    """querysep key for an AudioSep ResUNet30 key; None when dropped on purpose."""
+    for pattern, _ in _DROPPED:
+        if re.fullmatch(pattern, key):
+            return None
+    for pattern, target in _BASE_RULES + _FILM_RULES:
+        match = re.fullmatch(pattern, key)
+        if match:
+            if "{" not in target:
+                return match.expand(target)
+            groups = list(match.groups())
+            # AudioSep numbers its blocks from 1; querysep's ModuleLists count from 0
+            groups[0] = str(int(groups[0]) - 1) if groups[0].isdigit() else groups[0]
+            return target.format(*groups)
+    raise ModelLoadError(f"unexpected key in the AudioSep separator weights: {key}")
+
+
+def convert_resunet(state: Mapping[str, Tensor]) -> Conversion:
+    """Maps every key or says why it was dropped; an unknown key is an error."""
+    out = Conversion()
+    for key, value in state.items():
+        target = map_key(key)
+        if target is None:
+            out.dropped[key] = next(why for p, why in _DROPPED if re.fullmatch(p, key))
+        elif target in out.state:
+            raise ModelLoadError(f"two AudioSep keys map to {target}")
+        else:
+            out.state[target] = value
+    return out

@@ -1,0 +1,142 @@
+"""ResUNet mask estimator in the layout of AudioSep's ResUNet30, so its weights load as is.
+
+    wave -> STFT -> |X| -> BatchNorm over frequency -> residual conv UNet (additive FiLM from
+         the query at every norm) -> magnitude mask + phase rotation -> iSTFT
+
+Tensors inside the UNet are [b, c, time, freq]. Numerics follow AudioSep exactly where they
+matter for loading its checkpoint: the magnitude floor, the dropped top bin, time padded to a
+multiple of 32, LeakyReLU slope 0.01 and BatchNorm momentum.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from einops import rearrange
+from torch import Tensor, nn
+
+from querysep.dsp import STFT
+from querysep.errors import ConfigError
+from querysep.models import register_family
+from querysep.models.base import SeparatorModel
+from querysep.nn import FiLM
+
+DEFAULTS: dict[str, Any] = {
+    "n_fft": 2048,
+    "hop_length": 320,
+    "widths": [32, 64, 128, 256, 384, 384],
+    "momentum": 0.01,
+}
+#: AudioSep's pooling: time and frequency halve in the first five blocks, frequency only in
+#: the sixth.
+_POOLS = [(2, 2), (2, 2), (2, 2), (2, 2), (2, 2), (1, 2)]
+_MAG_FLOOR = 1e-10  # on |X|^2, as AudioSep computes its spectrogram
+
+
+def _act(x: Tensor) -> Tensor:
+    return F.leaky_relu(x, negative_slope=0.01)
+
+
+class ConvBlock(nn.Module):
+    """Two (norm + FiLM beta -> LeakyReLU -> 3x3 conv) steps around a residual path."""
+
+    def __init__(self, c_in: int, c_out: int, cond_dim: int, momentum: float):
+        super().__init__()
+        self.bn1 = nn.BatchNorm2d(c_in, momentum=momentum)
+        self.film1 = FiLM(cond_dim, c_in, scale=False, channel_axis=1)
+        self.conv1 = nn.Conv2d(c_in, c_out, 3, padding=1, bias=False)
+        self.bn2 = nn.BatchNorm2d(c_out, momentum=momentum)
+        self.film2 = FiLM(cond_dim, c_out, scale=False, channel_axis=1)
+        self.conv2 = nn.Conv2d(c_out, c_out, 3, padding=1, bias=False)
+        self.shortcut = nn.Conv2d(c_in, c_out, 1) if c_in != c_out else None
+
+    def forward(self, x: Tensor, cond: Tensor) -> Tensor:
+        h = self.conv1(_act(self.film1(self.bn1(x), cond)))
+        h = self.conv2(_act(self.film2(self.bn2(h), cond)))
+        return h + (self.shortcut(x) if self.shortcut is not None else x)
+
+
+class Up(nn.Module):
+    """Norm + FiLM -> transposed conv upsampling, concatenated with the skip, then a ConvBlock."""
+
+    def __init__(
+        self, c_in: int, c_out: int, stride: tuple[int, int], cond_dim: int, momentum: float
+    ):
+        super().__init__()
+        self.bn1 = nn.BatchNorm2d(c_in, momentum=momentum)
+        self.film1 = FiLM(cond_dim, c_in, scale=False, channel_axis=1)
+        self.conv1 = nn.ConvTranspose2d(c_in, c_out, stride, stride=stride, bias=False)
+        self.conv_block2 = ConvBlock(2 * c_out, c_out, cond_dim, momentum)
+
+    def forward(self, x: Tensor, skip: Tensor, cond: Tensor) -> Tensor:
+        x = self.conv1(_act(self.film1(self.bn1(x), cond)))
+        return self.conv_block2(torch.cat([x, skip], dim=1), cond)
+
+
+@register_family
+class ResUNetSeparator(SeparatorModel):
+    """AudioSep-compatible ResUNet30 (26.5 M parameters at the default widths)."""
+
+    family = "resunet"
+
+    def __init__(self, config: dict[str, Any]):
+        super().__init__(config)
+        unknown = set(config) - set(DEFAULTS) - {"sample_rate", "query_dim"}
+        if unknown:
+            raise ConfigError(f"resunet: unknown config keys {sorted(unknown)}")
+        c = {**DEFAULTS, **config}
+        widths = list(c["widths"])
+        if len(widths) != len(_POOLS) or any(not isinstance(w, int) or w < 1 for w in widths):
+            raise ConfigError(f"resunet: widths must be {len(_POOLS)} positive integers")
+        self.hparams = c
+        self.stft = STFT(c["n_fft"], c["hop_length"])
+        bins = self.stft.num_bins - 1  # the top bin is dropped so frequency halves evenly
+        freq_factor = math.prod(p[1] for p in _POOLS)
+        if bins % freq_factor:
+            raise ConfigError(f"resunet: n_fft / 2 must be divisible by {freq_factor}")
+        self.time_factor = math.prod(p[0] for p in _POOLS)
+        m, q = c["momentum"], self.query_dim
+        self.bn0 = nn.BatchNorm2d(self.stft.num_bins, momentum=m)
+        self.pre_conv = nn.Conv2d(1, widths[0], 1)
+        ins = [widths[0], *widths[:-1]]
+        self.encoders = nn.ModuleList(
+            ConvBlock(i, o, q, m) for i, o in zip(ins, widths, strict=True)
+        )
+        self.center = ConvBlock(widths[-1], widths[-1], q, m)
+        outs = widths[::-1]  # each decoder block returns to the width of its skip
+        self.decoders = nn.ModuleList(
+            Up(i, o, pool, q, m)
+            for i, o, pool in zip([widths[-1], *outs[:-1]], outs, _POOLS[::-1], strict=True)
+        )
+        self.after_conv = nn.Conv2d(widths[0], 3, 1)
+
+    def forward(self, mixture: Tensor, query: Tensor, negative: Tensor | None = None) -> Tensor:
+        length = mixture.shape[-1]
+        spec = self.stft(mixture)  # b f n
+        mag = torch.clamp(spec.real**2 + spec.imag**2, min=_MAG_FLOOR).sqrt()
+        cos, sin = spec.real / mag, spec.imag / mag
+        x = rearrange(self.bn0(rearrange(mag, "b f n -> b f n 1")), "b f n 1 -> b 1 n f")
+        frames = x.shape[2]
+        x = F.pad(x, (0, 0, 0, -frames % self.time_factor))[..., :-1]
+        x = self.pre_conv(x)
+        skips = []
+        for block, pool in zip(self.encoders, _POOLS, strict=True):
+            x = block(x, query)
+            skips.append(x)
+            x = F.avg_pool2d(x, pool)
+        x = self.center(x, query)
+        for up, skip in zip(self.decoders, reversed(skips), strict=True):
+            x = up(x, skip, query)
+        x = F.pad(self.after_conv(x), (0, 1))[:, :, :frames].float()  # top bin back (mask 0)
+        mask_mag = torch.sigmoid(x[:, 0])
+        m_real, m_imag = torch.tanh(x[:, 1]), torch.tanh(x[:, 2])
+        m_abs = torch.clamp((m_real**2 + m_imag**2).sqrt(), min=_MAG_FLOOR)
+        m_cos, m_sin = m_real / m_abs, m_imag / m_abs
+        out_mag = F.relu(rearrange(mag, "b f n -> b n f") * mask_mag)
+        cos, sin = rearrange(cos, "b f n -> b n f"), rearrange(sin, "b f n -> b n f")
+        real = out_mag * (cos * m_cos - sin * m_sin)
+        imag = out_mag * (sin * m_cos + cos * m_sin)
+        return self.stft.inverse(rearrange(torch.complex(real, imag), "b n f -> b f n"), length)

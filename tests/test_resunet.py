@@ -1,0 +1,115 @@
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+import yaml
+
+from querysep.convert.audiosep import convert_resunet, map_key
+from querysep.errors import ConfigError, ModelLoadError
+from querysep.models import build_model
+from querysep.models.resunet import ResUNetSeparator
+
+from .conftest import CONFIGS, DATA
+
+#: Key names and shapes of AudioSep's ResUNet30(1, 1, 512) state dict (facts about its format).
+AUDIOSEP_KEYS = json.loads((DATA / "audiosep_resunet30_keys.json").read_text())
+
+
+def model(name: str = "resunet-audiosep", query_dim: int = 512) -> ResUNetSeparator:
+    cfg = yaml.safe_load((CONFIGS / f"{name}.yaml").read_text())
+    torch.manual_seed(0)
+    return build_model(
+        "resunet", {**cfg["model"], "sample_rate": cfg["sample_rate"], "query_dim": query_dim}
+    )
+
+
+def test_audiosep_checkpoint_layout_maps_onto_every_parameter() -> None:
+    m = model()
+    fake = {
+        k: torch.randn(shape) if shape else torch.tensor(7) for k, shape in AUDIOSEP_KEYS.items()
+    }
+    conv = convert_resunet(fake)
+    assert len(conv.state) + len(conv.dropped) == len(AUDIOSEP_KEYS) == 332
+    result = m.load_state_dict(conv.state, strict=True)  # shapes and names all line up
+    assert not result.missing_keys and not result.unexpected_keys
+    why = set(conv.dropped.values())
+    assert why == {"STFT matrices, recomputed", "decoder bn2, unused by AudioSep's forward",
+                   "decoder beta2, unused by AudioSep's forward"}  # fmt: skip
+    # 26.5 M in AudioSep's count, less the decoder bn2 / beta2 it never uses
+    dead = sum(torch.Size(AUDIOSEP_KEYS[k]).numel() for k in conv.dropped if "stft" not in k)
+    assert abs(m.num_parameters() + dead - 26.45e6) < 0.1e6
+
+
+def test_key_mapping_examples_and_unknown_keys() -> None:
+    assert map_key("base.encoder_block1.conv_block1.bn1.weight") == "encoders.0.bn1.weight"
+    assert (
+        map_key("film.decoder_block6->conv_block2->beta2.bias")
+        == "decoders.5.conv_block2.film2.proj.bias"
+    )
+    assert map_key("film.conv_block7a->conv_block1->beta1.weight") == "center.film1.proj.weight"
+    assert map_key("base.decoder_block2.bn2.running_mean") is None
+    with pytest.raises(ModelLoadError, match="unexpected key"):
+        convert_resunet({"base.encoder_block9.extra.weight": torch.zeros(1)})
+
+
+@pytest.mark.parametrize(("name", "rate"), [("resunet-audiosep", 32000), ("resunet-dcase", 16000)])
+@pytest.mark.parametrize("seconds", [0.01, 1.0, 2.337])
+def test_shapes_lengths_and_silence(name: str, rate: int, seconds: float) -> None:
+    m = model(name).eval()
+    n = int(seconds * rate)
+    q = torch.nn.functional.normalize(torch.randn(2, 512), dim=-1)
+    with torch.no_grad():
+        y = m(torch.randn(2, n) * 0.1, q)
+        silent = m(torch.zeros(1, n), q[:1])
+    assert y.shape == (2, n) and torch.isfinite(y).all()
+    assert silent.abs().max() < 1e-6
+
+
+def test_film_conditions_the_output_and_grads_flow() -> None:
+    m = model("resunet-dcase")
+    x = torch.randn(2, 16000) * 0.1
+    q = torch.nn.functional.normalize(torch.randn(2, 512), dim=-1)
+    m.eval()
+    with torch.no_grad():
+        same = m(x, q[:1].expand(2, -1))
+        assert torch.allclose(same[0:1], m(x[:1], q[:1]), atol=1e-6)
+        for p in (p for n, p in m.named_parameters() if "film" in n):
+            p.add_(0.05 * torch.randn_like(p))
+        a, b = m(x[:1], q[:1]), m(x[:1], q[1:])
+    assert not torch.allclose(a, b, atol=1e-5)
+    m.train()
+    m(x, q).square().mean().backward()
+    assert all(p.grad is not None for p in m.parameters())
+
+
+def test_config_errors() -> None:
+    with pytest.raises(ConfigError):
+        build_model("resunet", {"sample_rate": 16000, "query_dim": 8, "widths": [1, 2]})
+    with pytest.raises(ConfigError):
+        build_model("resunet", {"sample_rate": 16000, "query_dim": 8, "n_fft": 1000})
+    with pytest.raises(ConfigError):
+        build_model("resunet", {"sample_rate": 16000, "query_dim": 8, "bogus": 1})
+
+
+def test_runs_in_the_streaming_engine_with_stereo_and_negatives() -> None:
+    import numpy as np
+
+    from querysep.separator import Separator
+
+    from .conftest import tone
+
+    cfg = yaml.safe_load((CONFIGS / "resunet-dcase.yaml").read_text())
+    cfg["query_encoder"] = {"tiny": True}
+    sep = Separator.from_config(cfg)
+    assert not sep.model.accepts_negative
+    with torch.no_grad():
+        for p in (p for n, p in sep.model.named_parameters() if "film" in n):
+            p.add_(0.05 * torch.randn_like(p))
+    mix = tone(440, 2.5, 44100, channels=2) + tone(3000, 2.5, 44100, channels=2, amp=0.1)
+    plain = sep.separate(mix, "dog", sample_rate=44100, chunk_seconds=1.0)
+    folded = sep.separate(mix, "dog", sample_rate=44100, chunk_seconds=1.0, negative="rain")
+    assert plain.target.shape == mix.shape and np.isfinite(plain.target).all()
+    np.testing.assert_allclose(plain.target + plain.residual, mix, atol=1e-6)
+    assert not np.allclose(plain.target, folded.target, atol=1e-6)  # negative folded into the query
