@@ -10,6 +10,8 @@ from typing import Any
 
 import numpy as np
 
+from querysep.errors import AudioError
+
 EPS = 1e-8
 
 
@@ -22,7 +24,7 @@ def _as_float64(x: Any) -> np.ndarray:
 def _pair(estimate: Any, reference: Any) -> tuple[np.ndarray, np.ndarray]:
     est, ref = _as_float64(estimate), _as_float64(reference)
     if est.shape != ref.shape:
-        raise ValueError(f"estimate {est.shape} and reference {ref.shape} differ in shape")
+        raise AudioError(f"estimate {est.shape} and reference {ref.shape} differ in shape")
     return est, ref
 
 
