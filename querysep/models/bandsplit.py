@@ -180,11 +180,7 @@ class BandSplitSeparator(SeparatorModel):
 
     def __init__(self, config: dict[str, Any]):
         super().__init__(config)
-        unknown = set(config) - set(DEFAULTS) - {"sample_rate", "query_dim"}
-        if unknown:
-            raise ConfigError(f"bandsplit: unknown config keys {sorted(unknown)}")
-        c = {**DEFAULTS, **config}
-        self.hparams = c
+        c = self.merge_defaults(config, DEFAULTS)
         self._validate(c)
         self.accepts_negative = bool(c["negative"])
         self.stft = STFT(c["n_fft"], c["hop_length"])

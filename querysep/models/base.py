@@ -34,6 +34,15 @@ class SeparatorModel(nn.Module):
                 f"{self.family} config needs integer sample_rate and query_dim ({exc})"
             ) from None
 
+    def merge_defaults(self, config: dict[str, Any], defaults: dict[str, Any]) -> dict[str, Any]:
+        """The family's hyper-parameters with defaults filled in; a misspelt key is an error,
+        not something silently ignored."""
+        unknown = set(config) - set(defaults) - {"sample_rate", "query_dim"}
+        if unknown:
+            raise ConfigError(f"{self.family}: unknown config keys {sorted(unknown)}")
+        self.hparams = {**defaults, **config}
+        return self.hparams
+
     def forward(self, mixture: Tensor, query: Tensor, negative: Tensor | None = None) -> Tensor:
         """mixture [B, T], query [B, D] (unit norm), negative [B, D] or None -> target [B, T]."""
         raise NotImplementedError
