@@ -93,12 +93,21 @@ def build_parser() -> argparse.ArgumentParser:
     init.add_argument("--force", action="store_true", help="replace an existing bundle in OUTDIR")
 
     sub.add_parser("models", help="list the named pretrained models")
+    parser.separate_parser = sep  # type: ignore[attr-defined]
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
-    args = parser.parse_args(argv)
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] == ["separate"]:
+        # Intermixed parsing lets QUERY come after options (`in.wav --query-audio x.wav dog`);
+        # argparse only offers it on a parser without sub-commands.
+        args = parser.separate_parser.parse_intermixed_args(  # type: ignore[attr-defined]
+            argv[1:], argparse.Namespace(command="separate")
+        )
+    else:
+        args = parser.parse_args(argv)
     if args.command is None:
         parser.print_help()
         return 2

@@ -77,9 +77,9 @@ def test_init_model_then_separate_end_to_end(tmp_path: Path) -> None:
     out = run(
         "separate",
         str(src),
-        "dog",
         "--query-audio",
         str(src),
+        "dog",  # QUERY after options works too
         "--model",
         str(bundle),
         "-o",
