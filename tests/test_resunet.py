@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import json
+import math
 
 import pytest
 import torch
@@ -113,3 +114,25 @@ def test_runs_in_the_streaming_engine_with_stereo_and_negatives() -> None:
     assert plain.target.shape == mix.shape and np.isfinite(plain.target).all()
     np.testing.assert_allclose(plain.target + plain.residual, mix, atol=1e-6)
     assert not np.allclose(plain.target, folded.target, atol=1e-6)  # negative folded into the query
+
+
+def test_mask_and_phase_arithmetic_by_hand() -> None:
+    """Constant mask logits: |mask| = sigmoid(0) = 0.5 and a rotation by theta of every bin but
+    the top one, which AudioSep drops before the UNet and pads back with a zero mask."""
+    m = model("resunet-dcase").eval()
+    theta = 0.7
+    with torch.no_grad():
+        m.after_conv.weight.zero_()
+        m.after_conv.bias.copy_(
+            torch.tensor(
+                [0.0, math.atanh(0.5 * math.cos(theta)), math.atanh(0.5 * math.sin(theta))]
+            )
+        )
+    x = torch.randn(1, 16000 + 123) * 0.1
+    with torch.no_grad():
+        y = m(x, torch.nn.functional.normalize(torch.randn(1, 512), dim=-1))
+    spec = m.stft(x)
+    expected_spec = 0.5 * spec * complex(math.cos(theta), math.sin(theta))
+    expected_spec[:, -1] = 0
+    expected = m.stft.inverse(expected_spec, x.shape[-1])
+    assert (y - expected).abs().max() < 1e-5
