@@ -136,3 +136,78 @@ def test_mask_and_phase_arithmetic_by_hand() -> None:
     expected_spec[:, -1] = 0
     expected = m.stft.inverse(expected_spec, x.shape[-1])
     assert (y - expected).abs().max() < 1e-5
+
+
+class AttributeDict(dict):
+    """Pickled under Lightning's name, as Lightning stores hyper-parameters."""
+
+
+def _save_lightning_like(path, payload) -> None:
+    import sys
+    import types
+
+    names = [
+        "pytorch_lightning",
+        "pytorch_lightning.utilities",
+        "pytorch_lightning.utilities.parsing",
+    ]
+    fakes = {name: types.ModuleType(name) for name in names}
+    AttributeDict.__module__ = names[-1]
+    fakes[names[-1]].AttributeDict = AttributeDict
+    sys.modules.update(fakes)
+    try:
+        torch.save(payload, path)
+    finally:
+        for name in names:  # reading must not need them
+            del sys.modules[name]
+
+
+def test_reads_lightning_checkpoints_without_importing_lightning(tmp_path) -> None:
+    from querysep.convert.audiosep import read_lightning_checkpoint
+
+    sep = {
+        f"ss_model.{k}": torch.randn(s) if s else torch.tensor(3) for k, s in AUDIOSEP_KEYS.items()
+    }
+    clap = {"query_encoder.model.text_branch.embeddings.word_embeddings.weight": torch.randn(4, 3)}
+    payload = {
+        "epoch": 3,
+        "global_step": 4_000_000,
+        "state_dict": {**sep, **clap},
+        "optimizer_states": [{"state": {0: {"exp_avg": torch.zeros(3)}}}],
+        "hyper_parameters": AttributeDict(lr=1e-3),
+    }
+    _save_lightning_like(tmp_path / "audiosep.ckpt", payload)
+    ckpt = read_lightning_checkpoint(tmp_path / "audiosep.ckpt")
+    assert len(ckpt.separator) == 332 and list(ckpt.query_encoder) == [
+        "model.text_branch.embeddings.word_embeddings.weight"
+    ]
+    assert set(ckpt.skipped) == {"epoch", "global_step", "optimizer_states", "hyper_parameters"}
+    conv = convert_resunet(ckpt.separator)
+    model().load_state_dict(conv.state, strict=True)
+
+
+class _Exploit:
+    def __reduce__(self):
+        import os
+
+        return (os.system, ("touch pwned-by-checkpoint",))
+
+
+def test_refuses_checkpoints_that_would_run_code(tmp_path, monkeypatch) -> None:
+    from querysep.convert.audiosep import read_lightning_checkpoint
+
+    monkeypatch.chdir(tmp_path)
+    torch.save(
+        {"state_dict": {"ss_model.x": torch.zeros(1)}, "hook": _Exploit()}, tmp_path / "bad.ckpt"
+    )
+    with pytest.raises(ModelLoadError, match="refusing"):
+        read_lightning_checkpoint(tmp_path / "bad.ckpt")
+    assert not (tmp_path / "pwned-by-checkpoint").exists()
+    (tmp_path / "junk.ckpt").write_bytes(b"\x80\x04not really a checkpoint")
+    with pytest.raises(ModelLoadError):
+        read_lightning_checkpoint(tmp_path / "junk.ckpt")
+    torch.save({"weights": torch.zeros(1)}, tmp_path / "plain.ckpt")
+    with pytest.raises(ModelLoadError, match="state_dict"):
+        read_lightning_checkpoint(tmp_path / "plain.ckpt")
+    with pytest.raises(ModelLoadError, match="no checkpoint"):
+        read_lightning_checkpoint(tmp_path / "missing.ckpt")

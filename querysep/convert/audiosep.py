@@ -10,8 +10,10 @@ and each decoder block's `bn2` and `beta2`, which AudioSep builds but never uses
 from __future__ import annotations
 
 import re
+from collections import OrderedDict
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from pathlib import Path
 
 from torch import Tensor
 
@@ -77,3 +79,80 @@ def convert_resunet(state: Mapping[str, Tensor]) -> Conversion:
         else:
             out.state[target] = value
     return out
+
+
+#: Metadata classes Lightning checkpoints pickle beside the weights. They are replaced by inert
+#: stand-ins, never imported; any other non-tensor global is refused.
+_METADATA_PREFIXES = ("pytorch_lightning.", "lightning.", "lightning_fabric.", "omegaconf.")
+_SEPARATOR_PREFIX = "ss_model."
+_QUERY_ENCODER_PREFIX = "query_encoder."
+
+
+class _Inert:
+    """Stands in for a metadata class: whatever the pickle builds becomes a plain OrderedDict
+    (the only kind of object the weights-only unpickler fills item by item); nothing runs."""
+
+    def __new__(cls, *args: object, **kwargs: object) -> OrderedDict:  # type: ignore[misc]
+        return OrderedDict()
+
+
+@dataclass
+class LightningCheckpoint:
+    separator: dict[str, Tensor]
+    query_encoder: dict[str, Tensor]
+    skipped: dict[str, str]  # what was not used, and why
+
+
+def read_lightning_checkpoint(path: str | Path) -> LightningCheckpoint:
+    """The weights of an AudioSep Lightning checkpoint, read with `torch.load(weights_only=True)`.
+
+    Optimizer state and training metadata are dropped; Lightning's own metadata classes are
+    swapped for inert stand-ins so nothing from the file is imported or executed.
+    """
+    import pickle
+
+    import torch
+
+    path = Path(path)
+    if not path.is_file():
+        raise ModelLoadError(f"no checkpoint file at {path}")
+    try:
+        unsafe = torch.serialization.get_unsafe_globals_in_checkpoint(str(path))
+    except Exception as exc:
+        raise ModelLoadError(f"{path} is not a PyTorch checkpoint: {_first(exc)}") from None
+    refused = [g for g in unsafe if not g.startswith(_METADATA_PREFIXES)]
+    if refused:
+        raise ModelLoadError(
+            f"refusing {path}: it pickles code objects that a weights file has no need for "
+            f"({', '.join(sorted(refused)[:5])})"
+        )
+    stand_ins = [(type(g.rsplit(".", 1)[-1], (_Inert,), {}), g) for g in unsafe]
+    try:
+        with torch.serialization.safe_globals(stand_ins):
+            raw = torch.load(str(path), map_location="cpu", weights_only=True)
+    except (pickle.UnpicklingError, RuntimeError, EOFError, OSError) as exc:
+        raise ModelLoadError(f"cannot read checkpoint {path}: {_first(exc)}") from None
+    state = raw.get("state_dict") if isinstance(raw, dict) else None
+    if not isinstance(state, dict):
+        raise ModelLoadError(f"{path} has no Lightning 'state_dict': is it an AudioSep checkpoint?")
+    out = LightningCheckpoint({}, {}, {})
+    for key in raw:
+        if key != "state_dict":
+            out.skipped[key] = "training state"
+    for key, value in state.items():
+        if not isinstance(value, Tensor):
+            raise ModelLoadError(f"{path}: state_dict entry {key} is not a tensor")
+        if key.startswith(_SEPARATOR_PREFIX):
+            out.separator[key[len(_SEPARATOR_PREFIX) :]] = value
+        elif key.startswith(_QUERY_ENCODER_PREFIX):
+            out.query_encoder[key[len(_QUERY_ENCODER_PREFIX) :]] = value
+        else:
+            raise ModelLoadError(f"unexpected key in the AudioSep checkpoint: {key}")
+    if not out.separator:
+        raise ModelLoadError(f"{path} holds no separator weights (no '{_SEPARATOR_PREFIX}*' keys)")
+    return out
+
+
+def _first(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
