@@ -18,7 +18,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from querysep.audio import StreamResampler
+from querysep.audio import StreamResampler, fit_length
 from querysep.errors import QuerysepError
 
 #: rows [N, t] -> targets [N, K, t]
@@ -225,7 +225,7 @@ def stream_separate(
             return
         mix = mixture.pop(n)
         for k, part in enumerate(parts):
-            target = _fit(part, n)
+            target = fit_length(part, n)
             sink.write(k, target, mix - target)
         written += n
         if progress:
@@ -239,12 +239,6 @@ def stream_separate(
     tail = to_model.process(np.zeros((channels, 0), np.float32), last=True)
     outs = engine.push(tail) if tail.shape[1] else []
     deliver(outs + engine.finish(), last=True)
-
-
-def _fit(x: np.ndarray, n: int) -> np.ndarray:
-    if x.shape[1] >= n:
-        return x[:, :n]
-    return np.pad(x, ((0, 0), (0, n - x.shape[1])))
 
 
 class _Fifo:

@@ -19,7 +19,7 @@ import numpy as np
 import soundfile as sf
 import soxr
 
-from querysep.errors import AudioError
+from querysep.errors import AudioError, first_line
 
 MIN_SAMPLE_RATE = 1_000
 MAX_SAMPLE_RATE = 384_000
@@ -74,7 +74,7 @@ def info(path: str | Path) -> AudioInfo:
     try:
         meta = sf.info(str(path))
     except (sf.LibsndfileError, RuntimeError, OSError) as exc:
-        raise AudioError(f"cannot read {path} as audio: {_first_line(exc)}") from None
+        raise AudioError(f"cannot read {path} as audio: {first_line(exc)}") from None
     if meta.frames <= 0:
         raise AudioError(f"{path} holds no audio samples")
     _check_rate_for(meta.samplerate, path)
@@ -105,7 +105,7 @@ def _decode(path: Path, block_frames: int) -> Iterator[np.ndarray]:
                 yield np.ascontiguousarray(block.T)
     except (sf.LibsndfileError, RuntimeError) as exc:
         raise AudioError(
-            f"cannot decode {path} (corrupt or truncated?): {_first_line(exc)}"
+            f"cannot decode {path} (corrupt or truncated?): {first_line(exc)}"
         ) from None
 
 
@@ -221,7 +221,7 @@ def resample(audio: np.ndarray, orig_sr: int, target_sr: int) -> np.ndarray:
         return audio
     out = soxr.resample(audio.T, orig_sr, target_sr, quality=_RESAMPLE_QUALITY)
     out = np.asarray(out, dtype=np.float32).reshape(-1, audio.shape[0]).T
-    return _fit_length(out, _expected_frames(audio.shape[1], orig_sr, target_sr))
+    return fit_length(out, _expected_frames(audio.shape[1], orig_sr, target_sr))
 
 
 class StreamResampler:
@@ -248,14 +248,15 @@ class StreamResampler:
             out = self._stream.resample_chunk(np.ascontiguousarray(block.T), last=last)
             out = np.asarray(out, dtype=np.float32).reshape(-1, self.channels).T
         if last:
-            out = _fit_length(
+            out = fit_length(
                 out, _expected_frames(self._in, self.orig_sr, self.target_sr) - self._out
             )
         self._out += out.shape[1]
         return out
 
 
-def _fit_length(audio: np.ndarray, frames: int) -> np.ndarray:
+def fit_length(audio: np.ndarray, frames: int) -> np.ndarray:
+    """Trim or zero-pad [C, T] audio to exactly `frames` (soxr can be off by a sample)."""
     frames = max(0, frames)
     if audio.shape[1] >= frames:
         return audio[:, :frames]
@@ -358,8 +359,3 @@ def refuse_overwrite(output: str | Path, inputs: Iterable[str | Path]) -> None:
             raise AudioError(
                 f"refusing to overwrite the input {inp}: choose another output directory"
             )
-
-
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip()
-    return text.splitlines()[0] if text else type(exc).__name__

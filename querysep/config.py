@@ -9,7 +9,7 @@ from typing import Any
 
 import yaml
 
-from querysep.errors import ConfigError
+from querysep.errors import ConfigError, first_line
 
 #: batch_size "auto": one chunk at a time on CPU (batching buys no speed there and multiplies
 #: the working memory), AUTO_ACCELERATOR_BATCH chunks on GPU / MPS.
@@ -26,8 +26,7 @@ def load_config(path: str | Path) -> dict[str, Any]:
         text = path.read_text(encoding="utf-8")
         raw = json.loads(text) if path.suffix == ".json" else yaml.safe_load(text)
     except (OSError, UnicodeDecodeError, yaml.YAMLError, json.JSONDecodeError) as exc:
-        first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-        raise ConfigError(f"cannot parse config {path}: {first}") from None
+        raise ConfigError(f"cannot parse config {path}: {first_line(exc)}") from None
     return normalize_config(raw, where=str(path))
 
 

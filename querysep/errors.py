@@ -3,6 +3,12 @@
 from __future__ import annotations
 
 
+def first_line(exc: BaseException) -> str:
+    """The first line of a library's error, for one-line messages that keep its gist."""
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
+
+
 class QuerysepError(Exception):
     """Base class: the CLI prints these as one line and exits non-zero."""
 

@@ -33,7 +33,7 @@ from querysep.config import (
     normalize_config,
     validate_inference,
 )
-from querysep.errors import ModelLoadError, QueryError, QuerysepError
+from querysep.errors import ModelLoadError, QueryError, QuerysepError, first_line
 from querysep.models import SeparatorModel, build_model
 from querysep.query import ClapQueryEncoder, Query, as_queries
 from querysep.query.parse import slug
@@ -256,10 +256,7 @@ class Separator:
         ):
             if value is not None:
                 inference[key] = value
-        try:
-            validate_inference(inference, "separation settings")
-        except QuerysepError as exc:
-            raise QuerysepError(str(exc)) from None
+        validate_inference(inference, "separation settings")
         batch = inference["batch_size"]
         if batch == "auto":
             batch = 1 if self.device.type == "cpu" else AUTO_ACCELERATOR_BATCH
@@ -528,7 +525,7 @@ def _locate_bundle(name: str, revision: str | None) -> Path:
             allow_patterns=[CONFIG_NAME, WEIGHTS_NAME, f"{QUERY_ENCODER_DIR}/*"],
         )
     except Exception as exc:
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        first = first_line(exc)
         raise ModelLoadError(
             f"model {name!r} is not a local directory, and fetching it from the Hugging Face "
             f"Hub failed (offline and not cached?): {first}"

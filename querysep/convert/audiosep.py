@@ -17,7 +17,7 @@ from pathlib import Path
 
 from torch import Tensor
 
-from querysep.errors import ModelLoadError
+from querysep.errors import ModelLoadError, first_line
 
 _BASE_RULES = [
     (r"base\.(bn0|pre_conv|after_conv)\.(.+)", r"\1.\2"),
@@ -119,7 +119,7 @@ def read_lightning_checkpoint(path: str | Path) -> LightningCheckpoint:
     try:
         unsafe = torch.serialization.get_unsafe_globals_in_checkpoint(str(path))
     except Exception as exc:
-        raise ModelLoadError(f"{path} is not a PyTorch checkpoint: {_first(exc)}") from None
+        raise ModelLoadError(f"{path} is not a PyTorch checkpoint: {first_line(exc)}") from None
     refused = [g for g in unsafe if not g.startswith(_METADATA_PREFIXES)]
     if refused:
         raise ModelLoadError(
@@ -131,7 +131,7 @@ def read_lightning_checkpoint(path: str | Path) -> LightningCheckpoint:
         with torch.serialization.safe_globals(stand_ins):
             raw = torch.load(str(path), map_location="cpu", weights_only=True)
     except (pickle.UnpicklingError, RuntimeError, EOFError, OSError) as exc:
-        raise ModelLoadError(f"cannot read checkpoint {path}: {_first(exc)}") from None
+        raise ModelLoadError(f"cannot read checkpoint {path}: {first_line(exc)}") from None
     state = raw.get("state_dict") if isinstance(raw, dict) else None
     if not isinstance(state, dict):
         raise ModelLoadError(f"{path} has no Lightning 'state_dict': is it an AudioSep checkpoint?")
@@ -151,8 +151,3 @@ def read_lightning_checkpoint(path: str | Path) -> LightningCheckpoint:
     if not out.separator:
         raise ModelLoadError(f"{path} holds no separator weights (no '{_SEPARATOR_PREFIX}*' keys)")
     return out
-
-
-def _first(exc: BaseException) -> str:
-    text = str(exc).strip()
-    return text.splitlines()[0] if text else type(exc).__name__

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from typing import Any, ClassVar
 
-import torch
 from torch import Tensor, nn
 
 from querysep.errors import ConfigError
@@ -63,9 +62,3 @@ class SeparatorModel(nn.Module):
 
     def num_parameters(self) -> int:
         return sum(p.numel() for p in self.parameters())
-
-    @torch.no_grad()
-    def example_inputs(self, batch: int = 1, seconds: float = 1.0) -> tuple[Tensor, Tensor]:
-        t = int(seconds * self.sample_rate)
-        q = torch.nn.functional.normalize(torch.randn(batch, self.query_dim), dim=-1)
-        return torch.randn(batch, t) * 0.1, q

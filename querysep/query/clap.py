@@ -14,7 +14,7 @@ import torch
 from torch import Tensor
 
 from querysep import audio as qaudio
-from querysep.errors import ModelLoadError, QueryError
+from querysep.errors import ModelLoadError, QueryError, first_line
 from querysep.query.parse import AudioQuery, Query, QueryPart
 
 CLAP_SAMPLE_RATE = 48_000
@@ -222,7 +222,7 @@ def _unit(x: Tensor) -> Tensor:
 
 
 def _describe_load_failure(what: str, source: str, exc: Exception) -> str:
-    first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+    first = first_line(exc)
     if Path(source).exists():
         return f"cannot load the {what} from {source}: {first}"
     return (
