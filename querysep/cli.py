@@ -82,6 +82,13 @@ def build_parser() -> argparse.ArgumentParser:
     sep.add_argument(
         "--dtype", choices=["fp32", "bf16", "fp16"], help="compute precision (default fp32)"
     )
+    sep.add_argument(
+        "--steps", type=int, metavar="N", help="sampling steps (flow models; default: the model's)"
+    )
+    sep.add_argument(
+        "--guidance", type=float, metavar="W", help="classifier-free guidance scale (flow models)"
+    )
+    sep.add_argument("--seed", type=int, help="sampling seed (flow models): same seed, same output")
     sep.add_argument("--quiet", action="store_true", help="no progress bar, only errors")
 
     init = sub.add_parser("init-model", help="write a randomly initialised bundle from a config")
@@ -165,6 +172,9 @@ def _separate(args: argparse.Namespace) -> int:
         chunk_seconds=args.chunk_seconds,
         overlap=args.overlap,
         batch_size=args.batch_size,
+        steps=args.steps,
+        guidance=args.guidance,
+        seed=args.seed,
         progress=not args.quiet and info.duration >= PROGRESS_SECONDS,
     )
     if not args.quiet:

@@ -228,10 +228,41 @@ class Separator:
         folded = torch.nn.functional.normalize(positives - NEGATIVE_FOLD * negatives, dim=-1)
         return folded, None
 
-    def _chunk_fn(self, positives: Tensor, negatives: Tensor | None) -> ChunkFn:
+    def sampling_options(
+        self, steps: int | None = None, guidance: float | None = None, seed: int | None = None
+    ) -> dict[str, Any]:
+        """Checks per-call sampling settings against what the model family takes.
+
+        A seed becomes one generator for the whole run, so successive chunks draw successive
+        noise and the same call gives the same output.
+        """
+        given = {"steps": steps, "guidance": guidance, "seed": seed}
+        given = {k: v for k, v in given.items() if v is not None}
+        accepted = set(self.model.sampling_options)
+        for key in given:
+            if (key if key != "seed" else "generator") not in accepted:
+                raise QueryError(
+                    f"{key} applies to generative models; a {self.model.family} model "
+                    "separates deterministically"
+                )
+        if "steps" in given and (not isinstance(steps, int) or steps < 1):
+            raise QueryError(f"steps must be a positive integer, got {steps!r}")
+        if "guidance" in given and not (
+            isinstance(guidance, (int, float)) and np.isfinite(guidance) and guidance >= 0
+        ):
+            raise QueryError(f"guidance must be a finite number >= 0, got {guidance!r}")
+        options: dict[str, Any] = {k: v for k, v in given.items() if k != "seed"}
+        if seed is not None:
+            options["generator"] = torch.Generator(self.device).manual_seed(int(seed))
+        return options
+
+    def _chunk_fn(
+        self, positives: Tensor, negatives: Tensor | None, options: dict[str, Any] | None = None
+    ) -> ChunkFn:
         device, dtype = self.device, self.dtype
         pos = positives.to(device)
         neg = negatives.to(device) if negatives is not None else None
+        options = options or {}
 
         @torch.inference_mode()
         def fn(rows: Tensor) -> Tensor:
@@ -241,7 +272,7 @@ class Separator:
             ):
                 # CPU autocast leaves norm weights in fp32; torch warns it takes the unfused path
                 warnings.filterwarnings("ignore", message="Mismatch dtype between input and weight")
-                return self.model.separate_many(rows.to(device), pos, neg).float()
+                return self.model.separate_many(rows.to(device), pos, neg, **options).float()
 
         return fn
 
@@ -275,13 +306,18 @@ class Separator:
         chunk_seconds: float | None = None,
         overlap: float | None = None,
         batch_size: int | None = None,
+        steps: int | None = None,
+        guidance: float | None = None,
+        seed: int | None = None,
         progress: bool = False,
     ) -> SeparationResult | list[SeparationResult]:
         """Separate `audio` (a path, or an array / tensor with `sample_rate`) by `query`.
 
         `query` is text ("dog barking", "remove the traffic"), an `AudioQuery`, a `Query`, or
         a list of those: a list returns one result per query, all from one pass over the audio.
+        `steps`, `guidance` and `seed` set the sampler of generative (flow) models.
         """
+        options = self.sampling_options(steps, guidance, seed)
         queries, as_list = as_queries(query)
         queries = [q.with_negatives(negative) for q in queries]
         source = _open_source(audio, sample_rate)
@@ -295,7 +331,7 @@ class Separator:
             residuals[k][:, cursor[k] : cursor[k] + n] = residual
             cursor[k] += n
 
-        self._run(source, queries, write, chunk_seconds, overlap, batch_size, progress)
+        self._run(source, queries, write, chunk_seconds, overlap, batch_size, progress, options)
         results = [
             SeparationResult(*_orient(q, t, r), source.sample_rate, q, source.stem)
             for q, t, r in zip(queries, targets, residuals, strict=True)
@@ -315,9 +351,13 @@ class Separator:
         chunk_seconds: float | None = None,
         overlap: float | None = None,
         batch_size: int | None = None,
+        steps: int | None = None,
+        guidance: float | None = None,
+        seed: int | None = None,
         progress: bool = False,
     ) -> list[tuple[Path, Path]]:
         """File to files, streamed block by block: memory stays flat for any input length."""
+        options = self.sampling_options(steps, guidance, seed)
         queries, _ = as_queries(query)
         queries = [q.with_negatives(negative) for q in queries]
         source = _open_source(input_path, None)
@@ -343,7 +383,7 @@ class Separator:
                 writers[k][0].write(t)
                 writers[k][1].write(r)
 
-            self._run(source, queries, write, chunk_seconds, overlap, batch_size, progress)
+            self._run(source, queries, write, chunk_seconds, overlap, batch_size, progress, options)
         return paths
 
     def _run(
@@ -355,6 +395,7 @@ class Separator:
         overlap: float | None,
         batch_size: int | None,
         progress: bool,
+        options: dict[str, Any] | None = None,
     ) -> None:
         plan = self._plan(chunk_seconds, overlap, batch_size)
         positives, negatives = self.embed_queries(queries)
@@ -366,7 +407,7 @@ class Separator:
                 model_rate=self.sample_rate,
                 channels=source.channels,
                 total_frames=source.frames,
-                fn=self._chunk_fn(positives, negatives),
+                fn=self._chunk_fn(positives, negatives, options),
                 plan=plan,
                 num_outputs=len(queries),
                 sink=_FnSink(write),
@@ -405,6 +446,9 @@ def separate(
     dtype: str | torch.dtype | None = None,
     chunk_seconds: float | None = None,
     overlap: float | None = None,
+    steps: int | None = None,
+    guidance: float | None = None,
+    seed: int | None = None,
     progress: bool = False,
 ) -> SeparationResult | list[SeparationResult]:
     """Extract (or remove) what `query` describes from `audio`. See `Separator.separate`."""
@@ -415,6 +459,9 @@ def separate(
         sample_rate=sample_rate,
         chunk_seconds=chunk_seconds,
         overlap=overlap,
+        steps=steps,
+        guidance=guidance,
+        seed=seed,
         progress=progress,
     )
 

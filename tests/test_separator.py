@@ -253,3 +253,33 @@ def test_auto_batch_size_and_inference_overrides(tiny_separator: Separator) -> N
     assert (plan.chunk, plan.overlap, plan.batch_size) == (88200, 44100, 3)
     with pytest.raises(QuerysepError, match="batch_size"):
         tiny_separator._plan(None, None, 0)
+
+
+def test_sampling_options_reach_generative_models_only(tiny_separator: Separator) -> None:
+    audio = tone(440, 1.0, 44100)
+    with pytest.raises(QuerysepError, match="steps applies to generative models"):
+        tiny_separator.separate(audio, "dog", sample_rate=44100, steps=4)
+    with pytest.raises(QuerysepError, match="seed applies"):
+        tiny_separator.separate(audio, "dog", sample_rate=44100, seed=1)
+
+    seen: list[dict] = []
+    model = tiny_separator.model
+    original = type(model).separate_many
+
+    def recording(rows, queries, negatives=None, **options):
+        seen.append(options)
+        return original(model, rows, queries, negatives)
+
+    model.sampling_options = ("steps", "guidance", "generator")
+    model.separate_many = recording
+    try:
+        with pytest.raises(QuerysepError, match="steps must be a positive integer"):
+            tiny_separator.separate(audio, "dog", sample_rate=44100, steps=0)
+        with pytest.raises(QuerysepError, match="guidance must be"):
+            tiny_separator.separate(audio, "dog", sample_rate=44100, guidance=float("nan"))
+        tiny_separator.separate(audio, "dog", sample_rate=44100, steps=3, guidance=2.0, seed=7)
+    finally:
+        del model.sampling_options, model.separate_many
+    assert seen and all(o["steps"] == 3 and o["guidance"] == 2.0 for o in seen)
+    generators = {id(o["generator"]) for o in seen}
+    assert len(generators) == 1  # one generator for the run: chunks draw successive noise

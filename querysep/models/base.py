@@ -21,6 +21,10 @@ class SeparatorModel(nn.Module):
     #: Whether `forward` uses the `negative` embedding itself; otherwise the Separator folds a
     #: negative query into the positive embedding.
     accepts_negative: ClassVar[bool] = False
+    #: Per-call keyword options `separate_many` takes (generative families: "steps",
+    #: "guidance", "generator"). Deterministic mask models take none, and asking them for one
+    #: is an error rather than a silently ignored setting.
+    sampling_options: ClassVar[tuple[str, ...]] = ()
 
     def __init__(self, config: dict[str, Any]) -> None:
         super().__init__()
@@ -47,18 +51,19 @@ class SeparatorModel(nn.Module):
         raise NotImplementedError
 
     def separate_many(
-        self, mixture: Tensor, queries: Tensor, negatives: Tensor | None = None
+        self, mixture: Tensor, queries: Tensor, negatives: Tensor | None = None, **options: Any
     ) -> Tensor:
         """mixture [B, T], queries [K, D] -> targets [B, K, T].
 
         The default repeats the mixture per query; models that encode the mixture once and
-        condition afterwards override this to share the encoding.
+        condition afterwards override this to share the encoding. `options` are the
+        family's `sampling_options`, passed on to `forward`.
         """
         b, k = mixture.shape[0], queries.shape[0]
         mix = mixture.repeat_interleave(k, dim=0)
         q = queries.repeat(b, 1)
         neg = negatives.repeat(b, 1) if negatives is not None else None
-        return self(mix, q, neg).reshape(b, k, -1)
+        return self(mix, q, neg, **options).reshape(b, k, -1)
 
     def num_parameters(self) -> int:
         return sum(p.numel() for p in self.parameters())
