@@ -100,6 +100,14 @@ def build_parser() -> argparse.ArgumentParser:
     init.add_argument("--force", action="store_true", help="replace an existing bundle in OUTDIR")
 
     sub.add_parser("models", help="list the named pretrained models")
+
+    demo = sub.add_parser("demo", help="launch the Gradio web demo locally")
+    demo.add_argument(
+        "-m", "--model", action="append", help="bundle, Hub id or registry name (repeatable)"
+    )
+    demo.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1)")
+    demo.add_argument("--port", type=int, default=7860)
+    demo.add_argument("--share", action="store_true", help="also open a public gradio.live link")
     parser.separate_parser = sep  # type: ignore[attr-defined]
     return parser
 
@@ -119,9 +127,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.print_help()
         return 2
     try:
-        return {"separate": _separate, "init-model": _init_model, "models": _models}[args.command](
-            args
-        )
+        commands = {
+            "separate": _separate,
+            "init-model": _init_model,
+            "models": _models,
+            "demo": _demo,
+        }
+        return commands[args.command](args)
     except QuerysepError as exc:
         print(f"querysep: error: {exc}", file=sys.stderr)
         return 1
@@ -214,3 +226,14 @@ def _models(args: argparse.Namespace) -> int:
 
 if __name__ == "__main__":
     sys.exit(main())
+
+
+def _demo(args: argparse.Namespace) -> int:
+    try:
+        from querysep.demo import launch
+    except ImportError as exc:  # only gradio is optional here
+        raise QuerysepError(
+            f"the demo needs gradio: pip install 'querysep[demo]' ({exc})"
+        ) from None
+    launch(models=args.model, host=args.host, port=args.port, share=args.share)
+    return 0
