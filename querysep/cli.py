@@ -99,7 +99,27 @@ def build_parser() -> argparse.ArgumentParser:
     init.add_argument("--seed", type=int, default=0)
     init.add_argument("--force", action="store_true", help="replace an existing bundle in OUTDIR")
 
-    sub.add_parser("models", help="list the named pretrained models")
+    models = sub.add_parser("models", help="list the named pretrained models")
+    models.add_argument("-v", "--verbose", action="store_true", help="also list download sources")
+
+    convert = sub.add_parser("convert", help="import another project's checkpoint as a bundle")
+    convert_sub = convert.add_subparsers(dest="format", metavar="FORMAT", required=True)
+    audiosep = convert_sub.add_parser(
+        "audiosep",
+        help="AudioSep Lightning checkpoint (separator + LAION-CLAP) -> querysep bundle",
+        description="Reads the checkpoint with torch.load(weights_only=True), maps every "
+        "separator and CLAP tensor (or reports why it is dropped) and writes a safetensors bundle.",
+    )
+    audiosep.add_argument("checkpoint", type=Path, help="e.g. audiosep_base_4M_steps.ckpt")
+    audiosep.add_argument("outdir", type=Path)
+    audiosep.add_argument(
+        "--tokenizer",
+        type=Path,
+        metavar="DIR",
+        help="directory with roberta-base's vocab.json and merges.txt "
+        "(default: download them from the Hub)",
+    )
+    audiosep.add_argument("--force", action="store_true", help="replace an existing bundle")
 
     demo = sub.add_parser("demo", help="launch the Gradio web demo locally")
     demo.add_argument(
@@ -132,6 +152,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             "init-model": _init_model,
             "models": _models,
             "demo": _demo,
+            "convert": _convert,
         }
         return commands[args.command](args)
     except QuerysepError as exc:
@@ -220,7 +241,36 @@ def _models(args: argparse.Namespace) -> int:
         entry = pretrained.lookup(name)
         assert entry is not None
         mark = " (default)" if name == pretrained.DEFAULT_MODEL else ""
-        print(f"{name}{mark}: {entry.description} [{entry.license}]")
+        cached = " [cached]" if (pretrained.bundle_dir(name) / "config.json").is_file() else ""
+        print(f"{name}{mark}{cached}: {entry.description}\n    licence: {entry.license}")
+        if args.verbose:
+            for source in entry.sources:
+                print(f"    source: {source.url}")
+            print(f"    cache: {pretrained.bundle_dir(name)}")
+    return 0
+
+
+def _convert(args: argparse.Namespace) -> int:
+    import tempfile
+
+    from querysep import pretrained
+    from querysep.convert.audiosep import convert_checkpoint
+
+    if args.outdir.exists() and any(args.outdir.iterdir()) and not args.force:
+        raise QuerysepError(f"{args.outdir} is not empty: pass --force to replace it")
+    with tempfile.TemporaryDirectory() as tmp:
+        tokenizer = args.tokenizer
+        if tokenizer is None:
+            import shutil
+
+            for f in pretrained.ROBERTA_FILES:
+                shutil.copy(pretrained.download(f), Path(tmp) / Path(f.filename).name)
+            tokenizer = Path(tmp)
+        report = convert_checkpoint(args.checkpoint, args.outdir, tokenizer)
+    print(report.summary())
+    print(
+        f"wrote {args.outdir}: use it with `querysep separate IN.wav QUERY --model {args.outdir}`"
+    )
     return 0
 
 

@@ -8,6 +8,11 @@ import pytest
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+# Tests never read or fill the user's model cache (a converted audiosep-base there would change
+# what the default model does).
+os.environ["QUERYSEP_CACHE"] = os.path.join(
+    os.environ.get("TMPDIR", "/tmp"), f"querysep-test-cache-{os.getpid()}"
+)
 
 ROOT = Path(__file__).resolve().parents[1]
 DATA = ROOT / "tests" / "data"

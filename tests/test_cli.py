@@ -128,11 +128,20 @@ def test_bad_arguments(bundle: Path, tmp_path: Path, args: list[str], message: s
     assert len(out.stderr.strip().splitlines()) == 1 and message in out.stderr, out.stderr
 
 
-def test_default_model_missing_names_the_flag(tmp_path: Path) -> None:
+def test_default_model_offline_says_what_to_download(tmp_path: Path) -> None:
     src = tmp_path / "in.wav"
     sf.write(src, tone(440, 0.5, 16000).T, 16000)
-    out = run("separate", str(src), "dog", "-o", str(tmp_path / "o"))
-    assert out.returncode == 1 and "--model" in out.stderr
+    env = {**ENV, "QUERYSEP_CACHE": str(tmp_path / "cache")}
+    out = subprocess.run(
+        [sys.executable, "-m", "querysep", "separate", str(src), "dog", "-o", str(tmp_path / "o")],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=120,
+    )
+    assert out.returncode == 1 and len(out.stderr.strip().splitlines()) == 1
+    assert "audiosep_base_4M_steps.ckpt" in out.stderr and "--model" in out.stderr
+    assert not (tmp_path / "o").exists()
 
 
 PEAK_RSS = """

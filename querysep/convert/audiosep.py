@@ -14,6 +14,7 @@ from collections import OrderedDict
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from torch import Tensor
 
@@ -151,3 +152,142 @@ def read_lightning_checkpoint(path: str | Path) -> LightningCheckpoint:
     if not out.separator:
         raise ModelLoadError(f"{path} holds no separator weights (no '{_SEPARATOR_PREFIX}*' keys)")
     return out
+
+
+#: AudioSep's published architecture, as a querysep config (what `convert` writes).
+AUDIOSEP_CONFIG: dict = {
+    "family": "resunet",
+    "sample_rate": 32_000,
+    "model": {"n_fft": 2048, "hop_length": 320, "widths": [32, 64, 128, 256, 384, 384]},
+    "inference": {"chunk_seconds": 5.0, "overlap": 0.25, "batch_size": "auto"},
+}
+#: AudioSep's CLAP_Encoder keeps the LAION model under this attribute.
+_CLAP_PREFIX = "model."
+TOKENIZER_FILES = ("vocab.json", "merges.txt")
+
+
+@dataclass
+class ConversionReport:
+    """What a conversion used and dropped, for the CLI to print and for tests to check."""
+
+    separator_mapped: int
+    separator_dropped: dict[str, str]
+    clap_mapped: int
+    clap_dropped: dict[str, str]
+    skipped: dict[str, str]
+    sha256: str
+
+    def summary(self) -> str:
+        reasons: dict[str, int] = {}
+        for why in [*self.separator_dropped.values(), *self.clap_dropped.values()]:
+            reasons[why] = reasons.get(why, 0) + 1
+        lines = [
+            f"separator: {self.separator_mapped} tensors mapped, "
+            f"{len(self.separator_dropped)} dropped",
+            f"query encoder (CLAP): {self.clap_mapped} tensors mapped, "
+            f"{len(self.clap_dropped)} dropped",
+            *(f"  dropped {n:3d} x {why}" for why, n in sorted(reasons.items())),
+            f"not weights (skipped): {', '.join(sorted(self.skipped)) or 'none'}",
+            f"checkpoint sha256: {self.sha256}",
+        ]
+        return "\n".join(lines)
+
+
+def convert_checkpoint(
+    checkpoint: str | Path, outdir: str | Path, tokenizer_dir: str | Path
+) -> ConversionReport:
+    """AudioSep Lightning checkpoint -> a querysep bundle (safetensors + ClapModel + processor).
+
+    `tokenizer_dir` holds roberta-base's `vocab.json` and `merges.txt` (AudioSep tokenises
+    with roberta-base; the checkpoint has no tokenizer). The bundle appears in `outdir` only
+    when complete: it is built in a sibling temporary directory and renamed.
+    """
+    import shutil
+    import tempfile
+
+    from querysep.convert import clap
+    from querysep.models import build_model
+    from querysep.query import ClapQueryEncoder
+    from querysep.separator import Separator
+
+    outdir = Path(outdir)
+    for given in (Path(checkpoint), Path(tokenizer_dir)):
+        if outdir.resolve() in (given.resolve(), *given.resolve().parents):
+            raise ModelLoadError(f"OUTDIR {outdir} holds an input ({given}): choose another")
+    tokenizer = _roberta_tokenizer(Path(tokenizer_dir))
+    digest = sha256_file(checkpoint)
+    ckpt = read_lightning_checkpoint(checkpoint)
+    sep = convert_resunet(ckpt.separator)
+    foreign = [k for k in ckpt.query_encoder if not k.startswith(_CLAP_PREFIX)]
+    if foreign:
+        raise ModelLoadError(f"unexpected key in the AudioSep query encoder: {foreign[0]}")
+    if not ckpt.query_encoder:
+        raise ModelLoadError(f"{checkpoint} holds no query-encoder (CLAP) weights")
+    clap_state = {k[len(_CLAP_PREFIX) :]: v for k, v in ckpt.query_encoder.items()}
+    clap_model, clap_dropped = clap.build_clap_model(clap_state)
+    dim = int(clap_model.config.projection_dim)
+
+    cfg = {
+        **AUDIOSEP_CONFIG,
+        "query_encoder": {"path": "query_encoder", "dim": dim},
+        "source": {"converted_from": Path(checkpoint).name, "sha256": digest},
+    }
+    model = build_model(
+        "resunet", {**cfg["model"], "sample_rate": cfg["sample_rate"], "query_dim": dim}
+    )
+    try:
+        model.load_state_dict(sep.state, strict=True)
+    except RuntimeError as exc:
+        raise ModelLoadError(f"AudioSep separator weights do not fit: {first_line(exc)}") from None
+    from transformers import ClapProcessor
+
+    processor = ClapProcessor(
+        feature_extractor=clap.feature_extractor(clap_model.config), tokenizer=tokenizer
+    )
+    encoder = ClapQueryEncoder(clap_model, processor, source=str(checkpoint))
+    outdir.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{outdir.name}.", dir=outdir.parent))
+    try:
+        Separator(model, cfg, encoder).save_pretrained(staging)
+        if outdir.exists():
+            shutil.rmtree(outdir)
+        staging.rename(outdir)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    return ConversionReport(
+        separator_mapped=len(sep.state),
+        separator_dropped=sep.dropped,
+        clap_mapped=len(clap_state) - len(clap_dropped),
+        clap_dropped=clap_dropped,
+        skipped=ckpt.skipped,
+        sha256=digest,
+    )
+
+
+def _roberta_tokenizer(directory: Path) -> Any:
+    from transformers import RobertaTokenizer
+
+    missing = [f for f in TOKENIZER_FILES if not (directory / f).is_file()]
+    if missing:
+        raise ModelLoadError(
+            f"tokenizer directory {directory} lacks {', '.join(missing)} "
+            "(roberta-base's files: https://huggingface.co/FacebookAI/roberta-base)"
+        )
+    return RobertaTokenizer(
+        vocab=str(directory / "vocab.json"),
+        merges=str(directory / "merges.txt"),
+        model_max_length=77,
+    )
+
+
+def sha256_file(path: str | Path, block: int = 1 << 20) -> str:
+    import hashlib
+
+    digest = hashlib.sha256()
+    try:
+        with open(path, "rb") as f:
+            while chunk := f.read(block):
+                digest.update(chunk)
+    except OSError as exc:
+        raise ModelLoadError(f"cannot read {path}: {exc.strerror or exc}") from None
+    return digest.hexdigest()

@@ -212,10 +212,13 @@ def as_query(value: Any) -> Query:
         return value
     if isinstance(value, str):
         return Query.from_text(value)
+    if isinstance(value, Path):  # a path object can only mean an example recording
+        value = AudioQuery(value)
     if isinstance(value, AudioQuery):
         return Query((value,), label=value.describe())
     raise QueryError(
-        f"a query must be text, querysep.AudioQuery or querysep.Query, got {type(value).__name__}"
+        "a query must be text, a Path to an example, querysep.AudioQuery or querysep.Query, "
+        f"got {type(value).__name__}"
     )
 
 

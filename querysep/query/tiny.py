@@ -49,15 +49,9 @@ _CORPUS = [
 ]
 
 
-def build_tiny_clap(seed: int = 0, fused: bool = False) -> tuple[Any, Any]:
+def write_tiny_vocabulary(directory: str | Path) -> Path:
+    """A byte-level BPE `vocab.json` + `merges.txt` pair, RoBERTa's special tokens first."""
     from tokenizers import ByteLevelBPETokenizer
-    from transformers import (
-        ClapConfig,
-        ClapFeatureExtractor,
-        ClapModel,
-        ClapProcessor,
-        RobertaTokenizer,
-    )
 
     bpe = ByteLevelBPETokenizer()
     bpe.train_from_iterator(
@@ -67,8 +61,22 @@ def build_tiny_clap(seed: int = 0, fused: bool = False) -> tuple[Any, Any]:
         special_tokens=["<s>", "<pad>", "</s>", "<unk>", "<mask>"],
         show_progress=False,
     )
+    Path(directory).mkdir(parents=True, exist_ok=True)
+    bpe.save_model(str(directory))
+    return Path(directory)
+
+
+def build_tiny_clap(seed: int = 0, fused: bool = False) -> tuple[Any, Any]:
+    from transformers import (
+        ClapConfig,
+        ClapFeatureExtractor,
+        ClapModel,
+        ClapProcessor,
+        RobertaTokenizer,
+    )
+
     with tempfile.TemporaryDirectory() as tmp:
-        bpe.save_model(tmp)
+        write_tiny_vocabulary(tmp)
         tokenizer = RobertaTokenizer(
             vocab=str(Path(tmp) / "vocab.json"),
             merges=str(Path(tmp) / "merges.txt"),
