@@ -121,6 +121,22 @@ def build_parser() -> argparse.ArgumentParser:
     )
     audiosep.add_argument("--force", action="store_true", help="replace an existing bundle")
 
+    train = sub.add_parser(
+        "train",
+        help="train or fine-tune a separator (Accelerate; resumes from its last checkpoint)",
+        description="Single process: `querysep train CONFIG`. Several GPUs or nodes: "
+        "`accelerate launch -m querysep train CONFIG` (or torchrun).",
+    )
+    train.add_argument("config", type=Path, help="e.g. configs/train/synth-smoke.yaml")
+    train.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override a config value, e.g. --set train.max_steps=100 (repeatable)",
+    )
+
     demo = sub.add_parser("demo", help="launch the Gradio web demo locally")
     demo.add_argument(
         "-m", "--model", action="append", help="bundle, Hub id or registry name (repeatable)"
@@ -153,6 +169,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             "models": _models,
             "demo": _demo,
             "convert": _convert,
+            "train": _train,
         }
         return commands[args.command](args)
     except QuerysepError as exc:
@@ -286,4 +303,15 @@ def _demo(args: argparse.Namespace) -> int:
             f"the demo needs gradio: pip install 'querysep[demo]' ({exc})"
         ) from None
     launch(models=args.model, host=args.host, port=args.port, share=args.share)
+    return 0
+
+
+def _train(args: argparse.Namespace) -> int:
+    from querysep.train.trainer import train
+
+    result = train(args.config, args.overrides)
+    if result.get("final"):
+        best = result.get("best_step")
+        best_note = f"; best valid SDRi {result['best_sdri']:.2f} dB at step {best}" if best else ""
+        print(f"trained {result['step']} steps: {result['final']}{best_note}")
     return 0

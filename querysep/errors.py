@@ -27,3 +27,7 @@ class ModelLoadError(QuerysepError):
 
 class ConfigError(ModelLoadError):
     """A model config with missing or invalid fields."""
+
+
+class DataError(QuerysepError):
+    """A manifest, corpus or dataset that cannot be used as given."""

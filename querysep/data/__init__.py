@@ -1,0 +1,1 @@
+"""Datasets: caption manifests, converters from published metadata, on-the-fly mixing."""

@@ -1,0 +1,113 @@
+"""Caption manifests: one JSON object per line (or CSV rows) naming a clip and its captions."""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import tempfile
+from collections.abc import Iterable, Iterator
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from querysep.errors import DataError
+
+
+@dataclass(frozen=True)
+class Entry:
+    audio: str
+    captions: tuple[str, ...]
+    labels: tuple[str, ...] = ()
+    duration: float | None = None
+    sample_rate: int | None = None
+    id: str = ""
+    source: str = ""
+
+
+@dataclass
+class Manifest:
+    entries: list[Entry]
+    root: Path = field(default_factory=Path)
+
+    def path_of(self, entry: Entry) -> Path:
+        path = Path(entry.audio)
+        return path if path.is_absolute() else self.root / path
+
+    def labels(self) -> set[str]:
+        return {label for e in self.entries for label in e.labels}
+
+    def __len__(self) -> int:
+        return len(self.entries)
+
+    def __iter__(self) -> Iterator[Entry]:
+        return iter(self.entries)
+
+
+def _entry(obj: dict, where: str) -> Entry:
+    if not isinstance(obj, dict) or not obj.get("audio"):
+        raise DataError(f"{where}: needs an 'audio' path")
+    captions = obj.get("captions", obj.get("caption", ()))
+    if isinstance(captions, str):
+        captions = [c for c in captions.split("|") if c.strip()]
+    if not captions:
+        raise DataError(f"{where}: needs at least one caption")
+    labels = obj.get("labels") or ()
+    if isinstance(labels, str):
+        labels = [x for x in labels.split("|") if x.strip()]
+    duration = obj.get("duration")
+    rate = obj.get("sample_rate")
+    return Entry(
+        audio=str(obj["audio"]),
+        captions=tuple(str(c).strip() for c in captions),
+        labels=tuple(str(x).strip() for x in labels),
+        duration=float(duration) if duration not in (None, "") else None,
+        sample_rate=int(rate) if rate not in (None, "") else None,
+        id=str(obj.get("id") or Path(str(obj["audio"])).stem),
+        source=str(obj.get("source") or ""),
+    )
+
+
+def read_manifest(path: str | Path, root: str | Path | None = None) -> Manifest:
+    path = Path(path)
+    if not path.is_file():
+        raise DataError(f"manifest not found: {path}")
+    entries: list[Entry] = []
+    with open(path, encoding="utf-8", newline="") as f:
+        if path.suffix == ".csv":
+            for n, row in enumerate(csv.DictReader(f), start=2):
+                entries.append(_entry(row, f"{path}:{n}"))
+        else:
+            for n, line in enumerate(f, start=1):
+                if not line.strip():
+                    continue
+                try:
+                    obj = json.loads(line)
+                except json.JSONDecodeError as exc:
+                    raise DataError(f"{path}:{n}: not JSON ({exc.msg})") from None
+                entries.append(_entry(obj, f"{path}:{n}"))
+    return Manifest(entries, Path(root) if root is not None else path.parent)
+
+
+def write_manifest(entries: Iterable[Entry], path: str | Path) -> Path:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8", newline="") as f:
+            rows = [asdict(e) for e in entries]
+            if path.suffix == ".csv":
+                writer = csv.DictWriter(f, fieldnames=list(Entry.__dataclass_fields__))
+                writer.writeheader()
+                for row in rows:
+                    writer.writerow(
+                        {k: "|".join(v) if isinstance(v, tuple) else v for k, v in row.items()}
+                    )
+            else:
+                for row in rows:
+                    f.write(json.dumps({k: list(v) if isinstance(v, tuple) else v
+                                        for k, v in row.items()}) + "\n")  # fmt: skip
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path

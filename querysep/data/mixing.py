@@ -1,0 +1,208 @@
+"""On-the-fly LASS mixtures from a caption manifest.
+
+Every item is a pure function of (seed, index): the same index always gives the same mixture,
+in any worker and after any restart, which is what makes resumed training exact and validation
+sets fixed without storing them.
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+from torch.utils.data import Dataset
+
+from querysep.data.manifest import Entry, Manifest
+from querysep.errors import ConfigError, DataError
+
+PEAK_LIMIT = 0.9
+
+
+@dataclass
+class MixingConfig:
+    seconds: float = 4.0
+    sample_rate: int = 16_000
+    channels: int = 1
+    interferers: tuple[int, int] = (1, 2)
+    snr_db: tuple[float, float] = (-5.0, 5.0)
+    #: Share of items whose query is an audio example instead of a caption.
+    audio_query_share: float = 0.0
+    #: Share of items that also carry a negative query (an interferer's caption).
+    negative_share: float = 0.0
+    #: Share of items whose target is absent from the mixture (ground truth: silence).
+    absent_share: float = 0.0
+    #: Decoded clips kept per worker; small corpora fit entirely.
+    cache_clips: int = 512
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    @classmethod
+    def from_dict(cls, raw: dict[str, Any]) -> MixingConfig:
+        known = {f for f in cls.__dataclass_fields__ if f != "extra"}
+        unknown = set(raw) - known
+        if unknown:
+            raise ConfigError(f"mixing: unknown keys {sorted(unknown)}")
+        cfg = cls(**raw)
+        cfg.interferers = tuple(int(x) for x in cfg.interferers)  # type: ignore[assignment]
+        cfg.snr_db = tuple(float(x) for x in cfg.snr_db)  # type: ignore[assignment]
+        lo, hi = cfg.interferers
+        if not 1 <= lo <= hi:
+            raise ConfigError(f"mixing.interferers must be 1 <= min <= max, got {cfg.interferers}")
+        for name in ("audio_query_share", "negative_share", "absent_share"):
+            if not 0 <= getattr(cfg, name) <= 1:
+                raise ConfigError(f"mixing.{name} must be in [0, 1]")
+        if cfg.channels not in (1, 2):
+            raise ConfigError("mixing.channels must be 1 or 2")
+        return cfg
+
+
+class MixingDataset(Dataset):
+    """`length` mixtures drawn from `manifest`: target crop + 1..N colliding-free interferers.
+
+    Item: mixture and target [C, T] float32, caption, query_audio ([T] or empty), negative
+    caption ("" for none) and absent (bool).
+    """
+
+    def __init__(self, manifest: Manifest, config: MixingConfig, length: int, seed: int = 0):
+        if len(manifest) < 2:
+            raise DataError("mixing needs a manifest with at least two clips")
+        self.manifest = manifest
+        self.config = config
+        self.length = int(length)
+        self.seed = int(seed)
+        self.frames = round(config.seconds * config.sample_rate)
+        self._clips: OrderedDict[str, np.ndarray] = OrderedDict()
+        self._by_label: dict[str, list[int]] = {}
+        for i, entry in enumerate(manifest.entries):
+            for label in entry.labels:
+                self._by_label.setdefault(label, []).append(i)
+
+    def __len__(self) -> int:
+        return self.length
+
+    def __getitem__(self, index: int) -> dict[str, Any]:
+        cfg = self.config
+        rng = np.random.default_rng([self.seed, int(index)])
+        entries = self.manifest.entries
+        t_idx = int(rng.integers(len(entries)))
+        target_entry = entries[t_idx]
+        target = self._crop(target_entry, rng)
+        count = int(rng.integers(cfg.interferers[0], cfg.interferers[1] + 1))
+        others = [self._pick_interferer(target_entry, rng) for _ in range(count)]
+        # each interferer energy-matched first, so none of several drowns the others
+        noise = sum((_unit_energy(self._crop(e, rng)) for e in others), np.zeros_like(target))
+        snr = rng.uniform(*cfg.snr_db)
+        noise = _scale_to_snr(target, noise, snr)
+        absent = rng.random() < cfg.absent_share
+        if absent:
+            target = np.zeros_like(target)
+        mixture = target + noise
+        peak = float(np.abs(mixture).max())
+        if peak > PEAK_LIMIT:
+            mixture, target = mixture * (PEAK_LIMIT / peak), target * (PEAK_LIMIT / peak)
+        caption = str(rng.choice(target_entry.captions))
+        query_audio = np.zeros(0, np.float32)
+        if rng.random() < cfg.audio_query_share:
+            query_audio = self._example_of(t_idx, rng)
+        negative = ""
+        if rng.random() < cfg.negative_share:
+            negative = str(rng.choice(others[0].captions))
+        return {
+            "mixture": torch.from_numpy(mixture.astype(np.float32)),
+            "target": torch.from_numpy(target.astype(np.float32)),
+            "caption": caption,
+            "query_audio": torch.from_numpy(query_audio),
+            "negative": negative,
+            "absent": bool(absent),
+        }
+
+    # -- helpers ----------------------------------------------------------------------------
+    def _pick_interferer(self, target: Entry, rng: np.random.Generator) -> Entry:
+        entries = self.manifest.entries
+        for _ in range(50):
+            other = entries[int(rng.integers(len(entries)))]
+            if not _collides(target, other):
+                return other
+        raise DataError(
+            f"no clip in the manifest can be mixed with {target.id or target.audio}: every "
+            "candidate shares its labels, captions or source"
+        )
+
+    def _example_of(self, t_idx: int, rng: np.random.Generator) -> np.ndarray:
+        """Another clip with the target's label (a different recording), else the target clip
+        itself: the audio-example query a user would give."""
+        entry = self.manifest.entries[t_idx]
+        pool = [
+            i
+            for label in entry.labels
+            for i in self._by_label.get(label, [])
+            if i != t_idx and (not entry.source or self.manifest.entries[i].source != entry.source)
+        ]
+        chosen = self.manifest.entries[int(rng.choice(pool))] if pool else entry
+        return self._crop(chosen, rng).mean(axis=0).astype(np.float32)
+
+    def _crop(self, entry: Entry, rng: np.random.Generator) -> np.ndarray:
+        clip = self._clip(entry)
+        n = clip.shape[-1]
+        if n >= self.frames:
+            start = int(rng.integers(n - self.frames + 1))
+            return clip[:, start : start + self.frames].copy()
+        out = np.zeros((clip.shape[0], self.frames), np.float32)
+        offset = int(rng.integers(self.frames - n + 1))
+        out[:, offset : offset + n] = clip
+        return out
+
+    def _clip(self, entry: Entry) -> np.ndarray:
+        key = entry.audio
+        if key in self._clips:
+            self._clips.move_to_end(key)
+            return self._clips[key]
+        from querysep import audio as qaudio
+
+        data, rate = qaudio.load(self.manifest.path_of(entry))
+        data = qaudio.resample(data, rate, self.config.sample_rate)
+        if self.config.channels == 1:
+            data = data.mean(axis=0, keepdims=True)
+        elif data.shape[0] == 1:
+            data = np.repeat(data, 2, axis=0)
+        data = np.ascontiguousarray(data[: self.config.channels], dtype=np.float32)
+        self._clips[key] = data
+        if len(self._clips) > self.config.cache_clips:
+            self._clips.popitem(last=False)
+        return data
+
+
+def _collides(a: Entry, b: Entry) -> bool:
+    """Two clips may not be mixed when the query for one could describe the other."""
+    if a.audio == b.audio or (a.source and a.source == b.source):
+        return True
+    if a.labels and b.labels:
+        return bool(set(a.labels) & set(b.labels))
+    return bool({c.lower() for c in a.captions} & {c.lower() for c in b.captions})
+
+
+def _unit_energy(x: np.ndarray) -> np.ndarray:
+    energy = float(np.sum(x**2))
+    return x / np.sqrt(energy) if energy > 1e-12 else x
+
+
+def _scale_to_snr(target: np.ndarray, noise: np.ndarray, snr_db: float) -> np.ndarray:
+    """Scales the interferer sum so that 10 log10(E_target / E_noise) = snr_db."""
+    e_t, e_n = float(np.sum(target**2)), float(np.sum(noise**2))
+    if e_n < 1e-12 or e_t < 1e-12:
+        return noise
+    return noise * np.sqrt(e_t / (e_n * 10 ** (snr_db / 10)))
+
+
+def collate(items: list[dict[str, Any]]) -> dict[str, Any]:
+    """Stacks audio; query examples stay a list (most items have none)."""
+    return {
+        "mixture": torch.stack([it["mixture"] for it in items]),
+        "target": torch.stack([it["target"] for it in items]),
+        "caption": [it["caption"] for it in items],
+        "query_audio": [it["query_audio"] for it in items],
+        "negative": [it["negative"] for it in items],
+        "absent": torch.tensor([it["absent"] for it in items]),
+    }

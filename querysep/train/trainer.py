@@ -1,0 +1,452 @@
+"""`querysep train CONFIG`: an Accelerate training loop for any separator family.
+
+One script from a laptop CPU to multi-node GPUs: Accelerate handles devices, DDP (FSDP and
+DeepSpeed through its own config), mixed precision and gradient accumulation. A run resumes from
+its newest checkpoint when started again with the same command; because mixtures are a pure
+function of (seed, index) and Accelerate restores model, optimizer and RNG states, a resumed run
+ends with the same weights as an uninterrupted one.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import math
+import shutil
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import yaml
+
+from querysep import metrics
+from querysep.errors import ConfigError, first_line
+
+DEFAULTS: dict[str, Any] = {
+    "model": {"config": None, "bundle": None, "freeze": [], "seed": 0},
+    "data": {
+        "train": None,
+        "valid": None,
+        "root": None,
+        "mixing": {},
+        "num_workers": 0,
+        "valid_items": 32,
+    },
+    "optim": {
+        "lr": 1e-3,
+        "weight_decay": 0.01,
+        "betas": [0.9, 0.99],
+        "schedule": "cosine",
+        "warmup_steps": 0,
+        "min_lr_ratio": 0.05,
+        "decay_fraction": 0.2,
+    },
+    "train": {
+        "max_steps": 1000,
+        "batch_size": 8,
+        "grad_accum": 1,
+        "clip": {"mode": "fixed", "value": 5.0, "percentile": 10.0},
+        "ema": None,
+        "mixed_precision": "no",
+        "seed": 0,
+        "log_every": 10,
+        "valid_every": 200,
+        "save_every": 200,
+        "keep_last": 2,
+        "tracker": "tensorboard",
+        "progress": True,
+    },
+    "loss": {"l1_snr": 1.0},
+    "output_dir": "runs/querysep",
+}
+CHECKPOINTS = "checkpoints"
+STATE_FILE = "trainer_state.json"
+
+
+# -- configuration ------------------------------------------------------------------------------
+def load_train_config(path: str | Path | None, overrides: list[str] | None = None) -> dict:
+    raw: dict[str, Any] = {}
+    if path is not None:
+        path = Path(path)
+        if not path.is_file():
+            raise ConfigError(f"training config not found: {path}")
+        try:
+            raw = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+        except yaml.YAMLError as exc:
+            raise ConfigError(f"cannot parse {path}: {first_line(exc)}") from None
+    cfg = _merge(DEFAULTS, raw, "config")
+    for item in overrides or []:
+        key, sep, value = item.partition("=")
+        if not sep:
+            raise ConfigError(f"--set takes KEY=VALUE, got {item!r}")
+        _set(cfg, key.strip(), yaml.safe_load(value))
+    if bool(cfg["model"]["config"]) == bool(cfg["model"]["bundle"]):
+        raise ConfigError(
+            "model needs exactly one of config: (from scratch) or bundle: (fine-tune)"
+        )
+    if not cfg["data"]["train"]:
+        raise ConfigError("data.train must name a manifest")
+    if cfg["train"]["clip"]["mode"] not in ("fixed", "autoclip", "none"):
+        raise ConfigError("train.clip.mode must be fixed, autoclip or none")
+    return cfg
+
+
+def _merge(defaults: dict, raw: Any, where: str) -> dict:
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{where} must be a mapping")
+    out = copy.deepcopy(defaults)
+    for key, value in raw.items():
+        if key not in defaults:
+            raise ConfigError(f"{where}: unknown key {key!r} (known: {sorted(defaults)})")
+        if isinstance(defaults[key], dict) and key not in ("mixing", "loss"):
+            out[key] = _merge(defaults[key], value, f"{where}.{key}")
+        else:
+            out[key] = value
+    return out
+
+
+def _set(cfg: dict, dotted: str, value: Any) -> None:
+    *parents, last = dotted.split(".")
+    node = cfg
+    for part in parents:
+        if not isinstance(node.get(part), dict):
+            raise ConfigError(f"--set: {dotted} is not a config key")
+        node = node[part]
+    if last not in node and not (parents and parents[-1] == "mixing"):
+        raise ConfigError(f"--set: {dotted} is not a config key")
+    node[last] = value
+
+
+class _WithLoss(torch.nn.Module):
+    """Model + objective in one module, so DDP sees the whole forward (and syncs gradients)
+    whether the family is trained by reconstruction or owns its objective (flow matching)."""
+
+    def __init__(self, model: torch.nn.Module, loss: torch.nn.Module) -> None:
+        super().__init__()
+        self.model = model
+        self.loss = loss
+
+    def forward(
+        self, mixture: torch.Tensor, target: torch.Tensor, query: torch.Tensor, negative: Any
+    ) -> dict[str, torch.Tensor]:
+        if hasattr(self.model, "training_loss"):  # generative families own their objective
+            return self.model.training_loss(mixture, target, query, negative)
+        return self.loss(self.model(mixture, query, negative), target)
+
+
+# -- the loop -----------------------------------------------------------------------------------
+class Trainer:
+    def __init__(self, cfg: dict) -> None:
+        from accelerate import Accelerator
+        from accelerate.utils import ProjectConfiguration, set_seed
+
+        from querysep.separator import Separator
+        from querysep.train.losses import SeparationLoss
+        from querysep.train.optim import EMA, AutoClip
+
+        self.cfg = cfg
+        t = cfg["train"]
+        self.out = Path(cfg["output_dir"])
+        self.accelerator = Accelerator(
+            gradient_accumulation_steps=int(t["grad_accum"]),
+            mixed_precision=t["mixed_precision"],
+            log_with=t["tracker"] if t["tracker"] not in (None, "none") else None,
+            project_config=ProjectConfiguration(project_dir=str(self.out)),
+        )
+        set_seed(int(t["seed"]))
+        m = cfg["model"]
+        if m["bundle"]:
+            self.separator = Separator.from_pretrained(m["bundle"], device="cpu")
+        else:
+            self.separator = Separator.from_config(m["config"], seed=int(m["seed"]))
+        self.model = _WithLoss(self.separator.model.train(), SeparationLoss(cfg["loss"]))
+        for name, p in self.separator.model.named_parameters():
+            if any(name.startswith(prefix) for prefix in m["freeze"]):
+                p.requires_grad_(False)
+        self.encoder = self.separator.query_encoder.to(self.accelerator.device)
+        o = cfg["optim"]
+        params = [p for p in self.model.parameters() if p.requires_grad]
+        if not params:
+            raise ConfigError("model.freeze leaves nothing to train")
+        self.optimizer = torch.optim.AdamW(
+            params,
+            lr=float(o["lr"]),
+            betas=tuple(o["betas"]),
+            weight_decay=float(o["weight_decay"]),
+        )
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, self._lr_factor)
+        self.ema = EMA(self.separator.model, float(t["ema"])) if t["ema"] else None
+        self.autoclip = AutoClip(float(t["clip"]["percentile"]))
+        self.state = {"step": 0, "best_sdri": -math.inf, "best_step": None}
+        self.loader = self._train_loader()
+        self.model, self.optimizer, self.loader = self.accelerator.prepare(
+            self.model, self.optimizer, self.loader
+        )
+        for obj in (self.scheduler, self.autoclip, *([self.ema] if self.ema else [])):
+            self.accelerator.register_for_checkpointing(obj)
+
+    # -- setup ----------------------------------------------------------------------------------
+    def _lr_factor(self, step: int) -> float:
+        from querysep.train.optim import lr_factor
+
+        o = self.cfg["optim"]
+        return lr_factor(
+            step,
+            schedule=o["schedule"],
+            warmup_steps=int(o["warmup_steps"]),
+            total_steps=int(self.cfg["train"]["max_steps"]),
+            min_ratio=float(o["min_lr_ratio"]),
+            decay_fraction=float(o["decay_fraction"]),
+        )
+
+    def _mixing(self, **override: Any) -> Any:
+        from querysep.data.mixing import MixingConfig
+
+        raw = {"sample_rate": self.separator.sample_rate, **self.cfg["data"]["mixing"], **override}
+        return MixingConfig.from_dict(raw)
+
+    def _manifest(self, key: str) -> Any:
+        from querysep.data.manifest import read_manifest
+
+        return read_manifest(self.cfg["data"][key], root=self.cfg["data"]["root"])
+
+    def _train_loader(self) -> torch.utils.data.DataLoader:
+        from querysep.data.mixing import MixingDataset, collate
+
+        t = self.cfg["train"]
+        per_step = int(t["batch_size"]) * int(t["grad_accum"]) * self.accelerator.num_processes
+        dataset = MixingDataset(
+            self._manifest("train"),
+            self._mixing(),
+            length=int(t["max_steps"]) * per_step,
+            seed=int(t["seed"]),
+        )
+        workers = int(self.cfg["data"]["num_workers"])
+        return torch.utils.data.DataLoader(
+            dataset,
+            batch_size=int(t["batch_size"]),
+            shuffle=False,  # items are already random draws; order must be replayable
+            num_workers=workers,
+            collate_fn=collate,
+            drop_last=True,
+            persistent_workers=workers > 0,
+        )
+
+    # -- queries --------------------------------------------------------------------------------
+    @torch.no_grad()
+    def embed(self, batch: dict[str, Any]) -> tuple[torch.Tensor, torch.Tensor | None]:
+        from querysep.separator import NEGATIVE_FOLD
+
+        pos = self._text(batch["caption"])
+        examples = [i for i, a in enumerate(batch["query_audio"]) if a.numel()]
+        if examples:
+            waves = [batch["query_audio"][i].numpy() for i in examples]
+            pos[examples] = self.encoder.embed_audio(waves, self.separator.sample_rate)
+        neg = None
+        if any(batch["negative"]):
+            zero = torch.zeros_like(pos[0])
+            neg = torch.stack([self._text([n])[0] if n else zero for n in batch["negative"]])
+            if not getattr(self.separator.model, "accepts_negative", False):
+                pos, neg = torch.nn.functional.normalize(pos - NEGATIVE_FOLD * neg, dim=-1), None
+        device = self.accelerator.device
+        return pos.to(device), (neg.to(device) if neg is not None else None)
+
+    def _text(self, captions: list[str]) -> torch.Tensor:
+        """Caption embeddings, each computed alone and kept: a caption's embedding must not
+        depend on which batch first saw it (padding shifts the numbers slightly), or a resumed
+        run would drift from an uninterrupted one."""
+        cache = self.__dict__.setdefault("_text_cache", {})
+        for caption in captions:
+            if caption not in cache:
+                cache[caption] = self.encoder.embed_text([caption])[0].cpu()
+        return torch.stack([cache[c] for c in captions])
+
+    def compute_loss(self, batch: dict[str, Any]) -> dict[str, torch.Tensor]:
+        mixture, target = batch["mixture"], batch["target"]
+        b, c, n = mixture.shape
+        pos, neg = self.embed(batch)
+        pos = pos.repeat_interleave(c, dim=0)
+        neg = neg.repeat_interleave(c, dim=0) if neg is not None else None
+        mix, tgt = mixture.reshape(b * c, n), target.reshape(b * c, n)
+        return self.model(mix, tgt, pos, neg)
+
+    # -- checkpoints ----------------------------------------------------------------------------
+    def checkpoints(self) -> list[Path]:
+        root = self.out / CHECKPOINTS
+        return sorted(root.glob("step_*[0-9]")) if root.is_dir() else []
+
+    def save_checkpoint(self) -> None:
+        acc = self.accelerator
+        final = self.out / CHECKPOINTS / f"step_{self.state['step']:08d}"
+        staging = final.with_name(final.name + ".partial")
+        if acc.is_main_process:
+            shutil.rmtree(staging, ignore_errors=True)
+        acc.wait_for_everyone()
+        acc.save_state(str(staging))
+        if acc.is_main_process:
+            (staging / STATE_FILE).write_text(json.dumps(self.state))
+            staging.rename(final)  # a checkpoint exists only once complete
+            for old in self.checkpoints()[: -int(self.cfg["train"]["keep_last"])]:
+                shutil.rmtree(old, ignore_errors=True)
+        acc.wait_for_everyone()
+
+    def resume(self) -> int:
+        found = self.checkpoints()
+        if not found:
+            return 0
+        latest = found[-1]
+        self.accelerator.load_state(str(latest))
+        self.state = json.loads((latest / STATE_FILE).read_text())
+        self.accelerator.print(f"resumed from {latest} (step {self.state['step']})")
+        return int(self.state["step"])
+
+    # -- validation and export ------------------------------------------------------------------
+    def export_model(self) -> torch.nn.Module:
+        model = self.accelerator.unwrap_model(self.model).model
+        return self.ema.copy_to(model) if self.ema else copy.deepcopy(model)
+
+    @torch.no_grad()
+    def validate(self) -> float | None:
+        from querysep.data.mixing import MixingDataset, collate
+
+        if not self.cfg["data"]["valid"]:
+            return None
+        if not hasattr(self, "_valid_batches"):
+            mixing = self._mixing(audio_query_share=0.0, absent_share=0.0, negative_share=0.0)
+            ds = MixingDataset(
+                self._manifest("valid"),
+                mixing,
+                length=int(self.cfg["data"]["valid_items"]),
+                seed=int(self.cfg["train"]["seed"]) + 1_000_003,
+            )
+            self._valid_batches = list(
+                torch.utils.data.DataLoader(ds, batch_size=8, collate_fn=collate)
+            )
+        model = self.export_model().eval().to(self.accelerator.device)
+        scores = []
+        for batch in self._valid_batches:
+            b, c, n = batch["mixture"].shape
+            pos, neg = self.embed(batch)
+            mix = batch["mixture"].reshape(b * c, n).to(self.accelerator.device)
+            est = model(mix, pos.repeat_interleave(c, 0), neg).reshape(b, c, n).float().cpu()
+            scores.append(metrics.sdr_improvement(est, batch["target"], batch["mixture"]).ravel())
+        return float(np.mean(np.concatenate(scores)))
+
+    def export(self, name: str) -> Path:
+        from querysep.separator import Separator
+
+        model = self.export_model().eval().cpu()
+        path = self.out / name
+        Separator(model, self.separator.config, self.separator.query_encoder).save_pretrained(path)
+        return path
+
+    # -- run ------------------------------------------------------------------------------------
+    def fit(self) -> dict[str, Any]:
+        acc, t = self.accelerator, self.cfg["train"]
+        max_steps = int(t["max_steps"])
+        if acc.is_main_process and t["tracker"] not in (None, "none"):
+            acc.init_trackers("querysep", config=_flat_hparams(self.cfg))
+        step = self.resume()
+        loader = (
+            acc.skip_first_batches(self.loader, step * int(t["grad_accum"]))
+            if step
+            else self.loader
+        )
+        bar = None
+        if acc.is_main_process and t["progress"]:
+            from tqdm.auto import tqdm
+
+            bar = tqdm(total=max_steps, initial=step, desc="training", dynamic_ncols=True)
+        waited, started, examples = 0.0, time.perf_counter(), 0
+        tick = time.perf_counter()
+        for batch in loader:
+            waited += time.perf_counter() - tick
+            with acc.accumulate(self.model):
+                parts = self.compute_loss(batch)
+                acc.backward(parts["loss"])
+                if acc.sync_gradients:
+                    self._clip()
+                self.optimizer.step()
+                self.optimizer.zero_grad(set_to_none=True)
+            examples += batch["mixture"].shape[0] * acc.num_processes
+            if not acc.sync_gradients:
+                tick = time.perf_counter()
+                continue
+            self.scheduler.step()
+            step += 1
+            self.state["step"] = step
+            if self.ema:
+                self.ema.update(acc.unwrap_model(self.model).model)
+            elapsed = time.perf_counter() - started
+            if step % int(t["log_every"]) == 0 or step == max_steps:
+                logs = {f"train/{k}": v.item() for k, v in parts.items()}
+                logs |= {
+                    "train/lr": self.scheduler.get_last_lr()[0],
+                    "train/examples_per_s": examples / max(elapsed, 1e-9),
+                    "train/data_wait_share": waited / max(elapsed, 1e-9),
+                }
+                acc.log(logs, step=step)
+                if bar:
+                    bar.set_postfix(
+                        loss=f"{logs['train/loss']:.3f}", ex_s=f"{logs['train/examples_per_s']:.1f}"
+                    )
+            if bar:
+                bar.update(1)
+            if step % int(t["valid_every"]) == 0 or step == max_steps:
+                self._validate_and_keep_best(step)
+            if step % int(t["save_every"]) == 0 or step == max_steps:
+                self.save_checkpoint()
+            if step >= max_steps:
+                break
+            tick = time.perf_counter()
+        if bar:
+            bar.close()
+        final = None
+        if acc.is_main_process:
+            final = self.export("final")
+        acc.wait_for_everyone()
+        acc.end_training()
+        return {**self.state, "final": str(final) if final else None}
+
+    def _clip(self) -> None:
+        clip, params = self.cfg["train"]["clip"], self.model.parameters()
+        if clip["mode"] == "none":
+            return
+        if clip["mode"] == "fixed":
+            self.accelerator.clip_grad_norm_(params, float(clip["value"]))
+            return
+        norm = self.accelerator.clip_grad_norm_(params, float("inf"))
+        self.accelerator.clip_grad_norm_(
+            self.model.parameters(), self.autoclip.threshold(float(norm))
+        )
+
+    def _validate_and_keep_best(self, step: int) -> None:
+        acc = self.accelerator
+        if acc.is_main_process:
+            sdri = self.validate()
+            if sdri is not None:
+                acc.log({"valid/sdri": sdri}, step=step)
+                acc.print(f"step {step}: valid SDRi {sdri:.2f} dB")
+                if sdri > self.state["best_sdri"]:
+                    self.state.update(best_sdri=sdri, best_step=step)
+                    self.export("best")
+        acc.wait_for_everyone()
+
+
+def _flat_hparams(cfg: dict, prefix: str = "") -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for key, value in cfg.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, dict):
+            out |= _flat_hparams(value, name + ".")
+        elif isinstance(value, (int, float, str, bool)):
+            out[name] = value
+        elif value is not None:
+            out[name] = str(value)
+    return out
+
+
+def train(config: str | Path | None, overrides: list[str] | None = None) -> dict[str, Any]:
+    return Trainer(load_train_config(config, overrides)).fit()

@@ -1,0 +1,282 @@
+"""Trainer, mixing dataset, losses and schedules: offline, CPU, tiny models."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import soundfile as sf
+import torch
+import yaml
+
+from querysep import metrics
+from querysep.data.manifest import Entry, Manifest, write_manifest
+from querysep.data.mixing import MixingConfig, MixingDataset
+from querysep.errors import ConfigError
+from querysep.train import losses
+from querysep.train.optim import EMA, AutoClip, lr_factor
+
+from .conftest import CONFIGS, ROOT
+
+RATE = 16_000
+#: Four classes that differ clearly in frequency, each with its own captions.
+CLASSES = {
+    "low": (180.0, ["a low hum", "low humming"]),
+    "beep": (1200.0, ["a beep", "beeping"]),
+    "whistle": (3000.0, ["a whistle", "whistling"]),
+    "buzz": (600.0, ["a buzz", "buzzing"]),
+}
+
+
+def make_corpus(root: Path, clips_per_class: int = 4, seed: int = 0) -> dict[str, Path]:
+    """Tiny tonal corpus: per class, clips with random pitch jitter, tremolo and onsets."""
+    rng = np.random.default_rng(seed)
+    manifests = {}
+    for split, n in (("train", clips_per_class), ("valid", 2)):
+        entries = []
+        for label, (freq, captions) in CLASSES.items():
+            for i in range(n):
+                t = np.arange(int(1.5 * RATE)) / RATE
+                f = freq * rng.uniform(0.9, 1.1)
+                env = 0.6 + 0.4 * np.sin(2 * np.pi * rng.uniform(1, 4) * t)
+                x = 0.3 * env * np.sin(2 * np.pi * f * t) + 0.1 * np.sin(2 * np.pi * 2 * f * t)
+                path = root / split / f"{label}_{i}.wav"
+                path.parent.mkdir(parents=True, exist_ok=True)
+                sf.write(path, x.astype(np.float32), RATE)
+                entries.append(
+                    Entry(
+                        audio=f"{split}/{label}_{i}.wav",
+                        captions=tuple(captions),
+                        labels=(label,),
+                        source=f"{split}-{label}-{i}",
+                    )
+                )
+        manifests[split] = write_manifest(entries, root / f"{split}.jsonl")
+    return manifests
+
+
+def tiny_model_config() -> dict:
+    cfg = yaml.safe_load((CONFIGS / "bandsplit-tiny.yaml").read_text())
+    cfg["sample_rate"] = RATE
+    cfg["model"]["n_fft"], cfg["model"]["hop_length"] = 512, 128
+    return cfg
+
+
+def train_config(tmp: Path, manifests: dict[str, Path], **train: object) -> dict:
+    return {
+        "model": {"config": tiny_model_config()},
+        "data": {
+            "train": str(manifests["train"]),
+            "valid": str(manifests["valid"]),
+            "mixing": {"seconds": 1.0, "interferers": [1, 1], "snr_db": [-3, 3]},
+            "valid_items": 16,
+        },
+        "optim": {"lr": 3e-3, "warmup_steps": 5, "schedule": "cosine"},
+        "train": {
+            "max_steps": 6,
+            "batch_size": 4,
+            "log_every": 2,
+            "valid_every": 1000,
+            "save_every": 2,
+            "keep_last": 5,
+            "tracker": "none",
+            "progress": False,
+            **train,
+        },
+        "loss": {"l1_snr": 1.0, "spec_l1_snr": 0.5},
+        "output_dir": str(tmp / "run"),
+    }
+
+
+@pytest.fixture(scope="module")
+def corpus(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    return make_corpus(tmp_path_factory.mktemp("corpus"))
+
+
+# -- pieces -------------------------------------------------------------------------------------
+def test_schedules_autoclip_and_ema() -> None:
+    kw = {"warmup_steps": 10, "total_steps": 110, "min_ratio": 0.1}
+    assert lr_factor(0, schedule="cosine", **kw) == pytest.approx(0.1)
+    assert lr_factor(9, schedule="cosine", **kw) == pytest.approx(1.0)
+    assert lr_factor(60, schedule="cosine", **kw) == pytest.approx(0.55)
+    assert lr_factor(110, schedule="cosine", **kw) == pytest.approx(0.1)
+    assert lr_factor(80, schedule="constant", **kw) == 1.0
+    assert lr_factor(80, schedule="wsd", **kw) == 1.0  # stable phase
+    assert lr_factor(100, schedule="wsd", **kw) == pytest.approx(0.55)  # halfway down the decay
+    with pytest.raises(ConfigError):
+        lr_factor(0, schedule="linear", **kw)
+
+    clip = AutoClip(percentile=50)
+    thresholds = [clip.threshold(n) for n in (1.0, 3.0, 2.0, float("nan"))]
+    assert thresholds == [1.0, 2.0, 2.0, 2.0]  # the median so far; NaN norms are not recorded
+    restored = AutoClip(percentile=50)
+    restored.load_state_dict(clip.state_dict())
+    assert restored.norms == clip.norms
+
+    model = torch.nn.Linear(2, 1, bias=False)
+    ema = EMA(model, decay=0.5)
+    with torch.no_grad():
+        model.weight.add_(2.0)
+    ema.update(model)
+    averaged = ema.copy_to(model)
+    torch.testing.assert_close(averaged.weight, model.weight - 1.0)
+
+
+def test_losses_reward_better_estimates() -> None:
+    torch.manual_seed(0)
+    ref = torch.randn(3, 4000)
+    good, bad = ref + 0.01 * torch.randn_like(ref), ref + 0.5 * torch.randn_like(ref)
+    loss = losses.SeparationLoss({"l1_snr": 1, "spec_l1_snr": 1, "mrstft": 1, "si_sdr": 1})
+    g, b = loss(good, ref), loss(bad, ref)
+    for key in ("l1_snr", "spec_l1_snr", "mrstft", "si_sdr", "loss"):
+        assert g[key] < b[key], key
+    si = -losses.neg_si_sdr(bad, ref).item()
+    assert si == pytest.approx(float(metrics.si_sdr(bad.double(), ref.double()).mean()), abs=1e-3)
+    silent = torch.zeros(2, 1000)  # an absent target: finite loss, lower for quieter estimates
+    assert torch.isfinite(losses.l1_snr(torch.ones(2, 1000) * 0.1, silent))
+    assert losses.l1_snr(silent + 1e-3, silent) < losses.l1_snr(silent + 1e-1, silent)
+    with pytest.raises(ConfigError, match="unknown loss"):
+        losses.SeparationLoss({"l2": 1})
+
+
+def test_mixing_is_deterministic_and_respects_the_config(corpus: dict[str, Path]) -> None:
+    from querysep.data.manifest import read_manifest
+
+    manifest = read_manifest(corpus["train"])
+    cfg = MixingConfig.from_dict(
+        {
+            "seconds": 1.0,
+            "sample_rate": RATE,
+            "interferers": [1, 2],
+            "snr_db": [2.0, 2.0],
+            "audio_query_share": 0.5,
+            "negative_share": 0.5,
+            "absent_share": 0.2,
+        }
+    )
+    ds = MixingDataset(manifest, cfg, length=40, seed=3)
+    again = MixingDataset(manifest, cfg, length=40, seed=3)
+    other = MixingDataset(manifest, cfg, length=40, seed=4)
+    items = [ds[i] for i in range(40)]
+    assert torch.equal(items[7]["mixture"], again[7]["mixture"])
+    assert not torch.equal(items[7]["mixture"], other[7]["mixture"])
+    absent = [it for it in items if it["absent"]]
+    present = [it for it in items if not it["absent"]]
+    assert absent and all(it["target"].abs().max() == 0 for it in absent)
+    for it in items:
+        assert it["mixture"].shape == (1, RATE) and it["mixture"].abs().max() <= 0.9 + 1e-6
+        assert it["caption"] in {c for _, caps in CLASSES.values() for c in caps}
+    for it in present:  # SNR of the target against everything else is the configured 2 dB
+        noise = it["mixture"] - it["target"]
+        snr = 10 * torch.log10(it["target"].pow(2).sum() / noise.pow(2).sum())
+        assert snr.item() == pytest.approx(2.0, abs=0.01)
+        label = next(k for k, (_, caps) in CLASSES.items() if it["caption"] in caps)
+        if it["negative"]:  # the negative is an interferer's caption, never the target's class
+            assert it["negative"] not in CLASSES[label][1]
+    assert any(it["query_audio"].numel() == RATE for it in items)
+    assert any(it["negative"] for it in items)
+    with pytest.raises(ConfigError):
+        MixingConfig.from_dict({"interferers": [0, 1]})
+    with pytest.raises(Exception, match="at least two"):
+        MixingDataset(Manifest(manifest.entries[:1], manifest.root), cfg, length=1)
+
+
+# -- training -----------------------------------------------------------------------------------
+KILL_AFTER_STEP_4 = """
+import os, signal, sys
+from querysep.train import trainer
+original = trainer.Trainer.save_checkpoint
+def save_then_die(self):
+    original(self)
+    if self.state["step"] == 4:
+        os.kill(os.getpid(), signal.SIGKILL)
+trainer.Trainer.save_checkpoint = save_then_die
+from querysep.cli import main
+sys.exit(main(sys.argv[1:]))
+"""
+
+
+def run_train(config: Path, *extra: str, script: str | None = None) -> subprocess.CompletedProcess:
+    cmd = [sys.executable, "-c", script] if script else [sys.executable, "-m", "querysep"]
+    return subprocess.run(
+        [*cmd, "train", str(config), *extra],
+        capture_output=True,
+        text=True,
+        env={**os.environ, "HF_HUB_OFFLINE": "1"},
+        timeout=600,
+        cwd=ROOT,
+    )
+
+
+def final_state(run: Path) -> dict[str, torch.Tensor]:
+    from safetensors.torch import load_file
+
+    return load_file(run / "final" / "model.safetensors")
+
+
+def test_sigkill_then_resume_ends_with_the_same_weights(
+    corpus: dict[str, Path], tmp_path: Path
+) -> None:
+    configs = {}
+    for name in ("straight", "killed"):
+        cfg = train_config(tmp_path / name, corpus, ema=0.9, clip={"mode": "autoclip"})
+        configs[name] = tmp_path / f"{name}.yaml"
+        configs[name].write_text(yaml.safe_dump(cfg))
+    straight = run_train(configs["straight"])
+    assert straight.returncode == 0, straight.stderr
+    killed = run_train(configs["killed"], script=KILL_AFTER_STEP_4)
+    assert killed.returncode == -9  # SIGKILL, right after the step-4 checkpoint
+    run = tmp_path / "killed" / "run"
+    assert not (run / "final").exists()
+    assert sorted(p.name for p in (run / "checkpoints").iterdir()) == [
+        "step_00000002",
+        "step_00000004",
+    ]
+    resumed = run_train(configs["killed"])
+    assert resumed.returncode == 0, resumed.stderr
+    assert "resumed from" in resumed.stdout + resumed.stderr
+    a, b = final_state(tmp_path / "straight" / "run"), final_state(run)
+    assert a.keys() == b.keys()
+    for key in a:
+        assert torch.equal(a[key], b[key]), key
+    state = json.loads((run / "checkpoints" / "step_00000006" / "trainer_state.json").read_text())
+    assert state["step"] == 6
+
+
+def test_training_improves_held_out_sdri(corpus: dict[str, Path], tmp_path: Path) -> None:
+    """A tiny band-split model trained for ~30 s beats its untrained self on held-out mixes."""
+    from querysep.train.trainer import Trainer, load_train_config
+
+    cfg = train_config(tmp_path, corpus, max_steps=400, save_every=1000, valid_every=1000)
+    cfg_path = tmp_path / "learn.yaml"
+    cfg_path.write_text(yaml.safe_dump(cfg))
+    trainer = Trainer(load_train_config(cfg_path))
+    before = trainer.validate()
+    result = trainer.fit()
+    after = trainer.validate()
+    # an untrained (or broken) model sits near 0 dB SDRi (measured: -0.1 dB); after 500 steps
+    # this setup measured 12.3 dB, so 6 dB leaves room for run-to-run variation only
+    assert before < 1.0
+    assert after > before + 6.0, (before, after)
+    assert Path(result["final"], "model.safetensors").is_file()
+
+
+def test_bad_training_configs(tmp_path: Path) -> None:
+    from querysep.train.trainer import load_train_config
+
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text(yaml.safe_dump({"data": {"train": "x.jsonl"}, "model": {"config": "m.yaml"}}))
+    assert load_train_config(cfg, ["train.max_steps=7"])["train"]["max_steps"] == 7
+    with pytest.raises(ConfigError, match="not a config key"):
+        load_train_config(cfg, ["train.max_stepz=7"])
+    cfg.write_text(yaml.safe_dump({"data": {"train": "x.jsonl"}, "optimiser": {}}))
+    with pytest.raises(ConfigError, match="unknown key 'optimiser'"):
+        load_train_config(cfg)
+    cfg.write_text(yaml.safe_dump({"data": {"train": "x.jsonl"}}))
+    with pytest.raises(ConfigError, match="exactly one of config"):
+        load_train_config(cfg)
