@@ -244,8 +244,62 @@ def test_sigkill_then_resume_ends_with_the_same_weights(
     assert a.keys() == b.keys()
     for key in a:
         assert torch.equal(a[key], b[key]), key
-    state = json.loads((run / "checkpoints" / "step_00000006" / "trainer_state.json").read_text())
-    assert state["step"] == 6
+    last = run / "checkpoints" / "step_00000006"
+    state = json.loads((last / "trainer_state.json").read_text())
+    assert state["step"] == 6 and (last / "ema.safetensors").is_file()
+    assert not list(last.glob("custom_checkpoint_*"))  # nothing that needs unsafe unpickling
+
+
+SYNC_CHECK = """
+import hashlib, sys
+from querysep.train import trainer
+fit = trainer.Trainer.fit
+def fit_then_fingerprint(self):
+    result = fit(self)
+    model = self.accelerator.unwrap_model(self.model).model
+    data = b"".join(p.detach().numpy().tobytes() for p in model.parameters())
+    rank = self.accelerator.process_index
+    (self.out / f"rank{rank}.sha256").write_text(hashlib.sha256(data).hexdigest())
+    return result
+trainer.Trainer.fit = fit_then_fingerprint
+from querysep.cli import main
+sys.exit(main(sys.argv[1:]))
+"""
+
+
+def test_two_process_cpu_run_stays_in_sync(corpus: dict[str, Path], tmp_path: Path) -> None:
+    import socket
+
+    cfg_path = tmp_path / "ddp.yaml"
+    cfg_path.write_text(yaml.safe_dump(train_config(tmp_path, corpus, max_steps=4)))
+    script = tmp_path / "sync_check.py"
+    script.write_text(SYNC_CHECK)
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    torchrun = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2"]
+    rendezvous = ["--master_addr", "127.0.0.1", "--master_port", str(port)]
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "ACCELERATE_USE_CPU": "1", "OMP_NUM_THREADS": "1"}
+    proc = subprocess.run(
+        [*torchrun, *rendezvous, str(script), "train", str(cfg_path)],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=600,
+        cwd=ROOT,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    run = tmp_path / "run"
+    hashes = {p.name: p.read_text() for p in run.glob("rank*.sha256")}
+    assert len(hashes) == 2 and len(set(hashes.values())) == 1  # both ranks hold the same weights
+    checkpoints = sorted(p.name for p in (run / "checkpoints").iterdir())
+    assert checkpoints == ["step_00000002", "step_00000004"]  # once each, none left partial
+    last = run / "checkpoints" / "step_00000004"
+    assert len(list(last.glob("*.safetensors"))) == 1  # one model file, written by rank 0
+    assert sorted(p.name for p in last.glob("random_states_*")) == [
+        "random_states_0.pkl",
+        "random_states_1.pkl",
+    ]
 
 
 def test_training_improves_held_out_sdri(corpus: dict[str, Path], tmp_path: Path) -> None:

@@ -63,6 +63,7 @@ DEFAULTS: dict[str, Any] = {
 }
 CHECKPOINTS = "checkpoints"
 STATE_FILE = "trainer_state.json"
+EMA_FILE = "ema.safetensors"
 
 
 # -- configuration ------------------------------------------------------------------------------
@@ -184,8 +185,8 @@ class Trainer:
         self.model, self.optimizer, self.loader = self.accelerator.prepare(
             self.model, self.optimizer, self.loader
         )
-        for obj in (self.scheduler, self.autoclip, *([self.ema] if self.ema else [])):
-            self.accelerator.register_for_checkpointing(obj)
+        # scheduler, AutoClip and EMA are saved by the trainer itself (JSON + safetensors):
+        # Accelerate would pickle them and read them back with weights_only=False
 
     # -- setup ----------------------------------------------------------------------------------
     def _lr_factor(self, step: int) -> float:
@@ -286,11 +287,37 @@ class Trainer:
         acc.wait_for_everyone()
         acc.save_state(str(staging))
         if acc.is_main_process:
-            (staging / STATE_FILE).write_text(json.dumps(self.state))
+            self._save_extra(staging)
             staging.rename(final)  # a checkpoint exists only once complete
             for old in self.checkpoints()[: -int(self.cfg["train"]["keep_last"])]:
                 shutil.rmtree(old, ignore_errors=True)
         acc.wait_for_everyone()
+
+    def _save_extra(self, directory: Path) -> None:
+        from safetensors.torch import save_file
+
+        sched = self.scheduler
+        extra = {
+            **self.state,
+            "scheduler": {"last_epoch": sched.last_epoch, "_step_count": sched._step_count},
+            "autoclip": self.autoclip.state_dict(),
+        }
+        (directory / STATE_FILE).write_text(json.dumps(extra))
+        if self.ema:
+            save_file(self.ema.shadow, str(directory / EMA_FILE))
+
+    def _load_extra(self, directory: Path) -> None:
+        from safetensors.torch import load_file
+
+        extra = json.loads((directory / STATE_FILE).read_text())
+        self.scheduler.load_state_dict({**self.scheduler.state_dict(), **extra.pop("scheduler")})
+        self.scheduler._last_lr = [g["lr"] for g in self.optimizer.param_groups]
+        self.autoclip.load_state_dict(extra.pop("autoclip"))
+        self.state = extra
+        if self.ema:
+            self.ema.load_state_dict(
+                {"decay": self.ema.decay, "shadow": load_file(str(directory / EMA_FILE))}
+            )
 
     def resume(self) -> int:
         found = self.checkpoints()
@@ -298,7 +325,7 @@ class Trainer:
             return 0
         latest = found[-1]
         self.accelerator.load_state(str(latest))
-        self.state = json.loads((latest / STATE_FILE).read_text())
+        self._load_extra(latest)
         self.accelerator.print(f"resumed from {latest} (step {self.state['step']})")
         return int(self.state["step"])
 
