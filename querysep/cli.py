@@ -10,6 +10,9 @@ from pathlib import Path
 from querysep import __version__
 from querysep.errors import QuerysepError
 
+BENCHMARK_CHOICES = (
+    "audiocaps", "clotho", "esc50", "music", "audioset", "vggsound", "dcase2024", "manifest"
+)  # fmt: skip
 #: Inputs at least this long get a progress bar.
 PROGRESS_SECONDS = 30.0
 
@@ -137,6 +140,27 @@ def build_parser() -> argparse.ArgumentParser:
         help="override a config value, e.g. --set train.max_steps=100 (repeatable)",
     )
 
+    ev = sub.add_parser(
+        "evaluate",
+        help="score a model on a LASS benchmark (AudioSep lists, DCASE 2024 T9, any manifest)",
+        description="Writes items.csv (resumable), summary.json, summary.md (published numbers "
+        "beside ours) and sdri.png into OUT. SDR is the plain SNR, as AudioSep and DCASE report.",
+    )
+    ev.add_argument("benchmark", choices=[*BENCHMARK_CHOICES])
+    ev.add_argument("eval_list", type=Path, help="the benchmark's CSV, or a manifest")
+    ev.add_argument("--audio-dir", type=Path, help="where the list's audio lives")
+    ev.add_argument("-m", "--model", help="bundle, Hub id or registry name (default: the default)")
+    ev.add_argument("-o", "--out", type=Path, required=True, help="results directory")
+    ev.add_argument("--rate", type=int, help="evaluation rate (default 32000; 16000 for dcase2024)")
+    ev.add_argument("--limit", type=int, help="only the first N items")
+    ev.add_argument("--items", type=int, default=200, help="manifest: mixtures to draw")
+    ev.add_argument("--seconds", type=float, default=5.0, help="manifest: mixture length")
+    ev.add_argument("--seed", type=int, default=0, help="manifest: mixing seed")
+    ev.add_argument("--bss", action="store_true", help="also bss_eval SDR (fast_bss_eval)")
+    ev.add_argument("--clap-score", action="store_true", help="also CLAPScore")
+    ev.add_argument("--device", default="auto")
+    ev.add_argument("--quiet", action="store_true")
+
     demo = sub.add_parser("demo", help="launch the Gradio web demo locally")
     demo.add_argument(
         "-m", "--model", action="append", help="bundle, Hub id or registry name (repeatable)"
@@ -170,6 +194,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             "demo": _demo,
             "convert": _convert,
             "train": _train,
+            "evaluate": _evaluate,
         }
         return commands[args.command](args)
     except QuerysepError as exc:
@@ -314,4 +339,33 @@ def _train(args: argparse.Namespace) -> int:
         best = result.get("best_step")
         best_note = f"; best valid SDRi {result['best_sdri']:.2f} dB at step {best}" if best else ""
         print(f"trained {result['step']} steps: {result['final']}{best_note}")
+    return 0
+
+
+def _evaluate(args: argparse.Namespace) -> int:
+    from querysep import evaluate as ev
+    from querysep.separator import load
+
+    rate = args.rate or (16_000 if args.benchmark == "dcase2024" else 32_000)
+    if args.benchmark != "manifest" and args.audio_dir is None:
+        raise QuerysepError(f"{args.benchmark} needs --audio-dir (where its audio files are)")
+    if args.benchmark == "manifest":
+        items = ev.manifest_items(args.eval_list, rate, args.items, args.seed, args.seconds)
+    elif args.benchmark == "dcase2024":
+        items = ev.dcase_items(args.eval_list, args.audio_dir, rate)
+    else:
+        items = ev.audiosep_items(args.benchmark, args.eval_list, args.audio_dir, rate)
+    items = items[: args.limit] if args.limit else items
+    separator = load(args.model, device=args.device)
+    summary = ev.evaluate(
+        separator,
+        items,
+        args.out,
+        args.benchmark,
+        rate,
+        bss=args.bss,
+        clap_score=args.clap_score,
+        progress=not args.quiet,
+    )
+    print((args.out / "summary.md").read_text() if summary else "")
     return 0

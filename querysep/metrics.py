@@ -10,7 +10,7 @@ from typing import Any
 
 import numpy as np
 
-from querysep.errors import AudioError
+from querysep.errors import AudioError, QuerysepError
 
 EPS = 1e-8
 
@@ -60,3 +60,27 @@ def si_sdr_improvement(estimate: Any, reference: Any, mixture: Any) -> np.ndarra
 
 
 __all__ = ["sdr", "sdr_improvement", "si_sdr", "si_sdr_improvement"]
+
+
+def bss_sdr(estimate: Any, reference: Any, filter_length: int = 512) -> np.ndarray:
+    """bss_eval SDR (distortion filter of `filter_length` taps) via fast_bss_eval.
+
+    A different quantity from `sdr`: it forgives linear filtering of the reference, so it
+    reads several dB higher on the same estimate. Report it in its own column.
+    """
+    try:
+        import fast_bss_eval
+    except ImportError:
+        raise QuerysepError("bss_eval SDR needs fast_bss_eval: pip install fast_bss_eval") from None
+    est, ref = _pair(estimate, reference)
+    flat_est, flat_ref = est.reshape(-1, 1, est.shape[-1]), ref.reshape(-1, 1, ref.shape[-1])
+    out = fast_bss_eval.sdr(flat_ref, flat_est, filter_length=filter_length, use_cg_iter=None)
+    return np.asarray(out, dtype=np.float64).reshape(est.shape[:-1])
+
+
+def clap_score(encoder: Any, audio: Any, sample_rate: int, text: str) -> float:
+    """Cosine between the CLAP embeddings of `audio` and `text` (both unit norm): how well
+    a separated sound matches its description, the score generative separators report."""
+    audio_emb = encoder.embed_audio([_as_float64(audio).astype(np.float32)], sample_rate)[0]
+    text_emb = encoder.embed_text([text])[0]
+    return float((audio_emb.float() * text_emb.float()).sum())
