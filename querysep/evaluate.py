@@ -12,8 +12,6 @@ from __future__ import annotations
 
 import csv
 import json
-import os
-import tempfile
 from collections import defaultdict
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -25,6 +23,7 @@ import numpy as np
 from querysep import audio as qaudio
 from querysep import metrics
 from querysep.errors import DataError
+from querysep.files import atomic_write
 
 #: Published numbers (SDRi, SI-SDR in dB; "SDR" = plain SNR), from the AudioSep paper and the
 #: DCASE 2024 T9 baseline, shown beside ours in the Markdown summary.
@@ -223,19 +222,8 @@ def plot(rows: list[dict[str, Any]], path: Path, title: str) -> None:
         ax.set_ylabel("items")
     ax.set_title(title)
     fig.tight_layout()
-    _atomic(path, lambda p: fig.savefig(p, format="png", dpi=120))
+    atomic_write(path, lambda p: fig.savefig(p, format="png", dpi=120))
     plt.close(fig)
-
-
-def _atomic(path: Path, write: Callable[[Path], Any]) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    os.close(fd)
-    try:
-        write(Path(tmp))
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 # -- the run ------------------------------------------------------------------------------------
@@ -283,8 +271,8 @@ def evaluate(
     rows = [r for k, r in done.items() if k in wanted]
     summary = summarize(rows, benchmark)
     summary["sample_rate"] = rate
-    _atomic(out_dir / "summary.json", lambda p: p.write_text(json.dumps(summary, indent=2)))
-    _atomic(out_dir / "summary.md", lambda p: p.write_text(markdown(summary)))
+    atomic_write(out_dir / "summary.json", lambda p: p.write_text(json.dumps(summary, indent=2)))
+    atomic_write(out_dir / "summary.md", lambda p: p.write_text(markdown(summary)))
     plot(rows, out_dir / "sdri.png", f"{benchmark}: SDRi")
     return summary
 

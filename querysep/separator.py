@@ -34,6 +34,7 @@ from querysep.config import (
     validate_inference,
 )
 from querysep.errors import ModelLoadError, QueryError, QuerysepError, first_line
+from querysep.files import atomic_write
 from querysep.models import SeparatorModel, build_model
 from querysep.query import ClapQueryEncoder, Query, as_queries
 from querysep.query.parse import slug
@@ -168,10 +169,10 @@ class Separator:
         state = {
             k: v.detach().float().contiguous().cpu() for k, v in self.model.state_dict().items()
         }
-        _atomic_write(
+        atomic_write(
             directory / WEIGHTS_NAME, lambda p: save_file(state, str(p), metadata={"format": "pt"})
         )
-        _atomic_write(
+        atomic_write(
             directory / CONFIG_NAME,
             lambda p: p.write_text(
                 json.dumps(cfg, indent=2, sort_keys=True) + "\n", encoding="utf-8"
@@ -520,17 +521,6 @@ def _check_unique(paths: list[tuple[Path, Path]]) -> None:
     flat = [p for pair in paths for p in pair]
     if len(set(flat)) != len(flat):
         raise QueryError("two queries map to the same output file name: make them different")
-
-
-def _atomic_write(path: Path, writer: Callable[[Path], Any]) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        writer(Path(tmp))
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def _save_dir_atomic(save: Callable[[str], Any], target: Path) -> None:

@@ -4,13 +4,12 @@ from __future__ import annotations
 
 import csv
 import json
-import os
-import tempfile
 from collections.abc import Iterable, Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from querysep.errors import DataError
+from querysep.files import atomic_write
 
 
 @dataclass(frozen=True)
@@ -89,12 +88,13 @@ def read_manifest(path: str | Path, root: str | Path | None = None) -> Manifest:
 
 
 def write_manifest(entries: Iterable[Entry], path: str | Path) -> Path:
+    """JSONL (or CSV, by suffix), written atomically."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8", newline="") as f:
-            rows = [asdict(e) for e in entries]
+    rows = [asdict(e) for e in entries]
+
+    def write(tmp: Path) -> None:
+        with open(tmp, "w", encoding="utf-8", newline="") as f:
             if path.suffix == ".csv":
                 writer = csv.DictWriter(f, fieldnames=list(Entry.__dataclass_fields__))
                 writer.writeheader()
@@ -104,10 +104,8 @@ def write_manifest(entries: Iterable[Entry], path: str | Path) -> Path:
                     )
             else:
                 for row in rows:
-                    f.write(json.dumps({k: list(v) if isinstance(v, tuple) else v
-                                        for k, v in row.items()}) + "\n")  # fmt: skip
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+                    plain = {k: list(v) if isinstance(v, tuple) else v for k, v in row.items()}
+                    f.write(json.dumps(plain) + "\n")
+
+    atomic_write(path, write)
     return path
