@@ -140,6 +140,10 @@ def build_parser() -> argparse.ArgumentParser:
         help="override a config value, e.g. --set train.max_steps=100 (repeatable)",
     )
 
+    from querysep.data.cli import add_data_parser
+
+    add_data_parser(sub)
+
     ev = sub.add_parser(
         "evaluate",
         help="score a model on a LASS benchmark (AudioSep lists, DCASE 2024 T9, any manifest)",
@@ -195,6 +199,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             "convert": _convert,
             "train": _train,
             "evaluate": _evaluate,
+            "data": _data,
         }
         return commands[args.command](args)
     except QuerysepError as exc:
@@ -369,3 +374,9 @@ def _evaluate(args: argparse.Namespace) -> int:
     )
     print((args.out / "summary.md").read_text() if summary else "")
     return 0
+
+
+def _data(args: argparse.Namespace) -> int:
+    from querysep.data.cli import run_data
+
+    return run_data(args)

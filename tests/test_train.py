@@ -6,6 +6,7 @@ import json
 import os
 import subprocess
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -137,9 +138,14 @@ def test_losses_reward_better_estimates() -> None:
         assert g[key] < b[key], key
     si = -losses.neg_si_sdr(bad, ref).item()
     assert si == pytest.approx(float(metrics.si_sdr(bad.double(), ref.double()).mean()), abs=1e-3)
-    silent = torch.zeros(2, 1000)  # an absent target: finite loss, lower for quieter estimates
-    assert torch.isfinite(losses.l1_snr(torch.ones(2, 1000) * 0.1, silent))
-    assert losses.l1_snr(silent + 1e-3, silent) < losses.l1_snr(silent + 1e-1, silent)
+    silent, mix = torch.zeros(2, 1000), torch.ones(2, 1000)  # absent targets: scored against the
+    quiet = losses.l1_snr(silent + 1e-2, silent, mix)  # mixture, bounded below at -30 dB
+    assert quiet < losses.l1_snr(silent + 1e-1, silent, mix)
+    assert quiet.item() == pytest.approx(10 * np.log10(1e-2 + 1e-3), abs=1e-3)
+    assert losses.l1_snr(silent, silent, mix).item() == pytest.approx(-30, abs=1e-3)
+    est = torch.cat([good, 0.01 * ref[:1]])
+    both = loss(est, torch.cat([ref, 0 * ref[:1]]), torch.cat([ref, ref[:1]]))
+    assert all(torch.isfinite(v) for v in both.values())
     with pytest.raises(ConfigError, match="unknown loss"):
         losses.SeparationLoss({"l2": 1})
 
@@ -334,3 +340,19 @@ def test_bad_training_configs(tmp_path: Path) -> None:
     cfg.write_text(yaml.safe_dump({"data": {"train": "x.jsonl"}}))
     with pytest.raises(ConfigError, match="exactly one of config"):
         load_train_config(cfg)
+
+
+def test_mixing_skips_clips_that_fail_to_decode(corpus: dict[str, Path], tmp_path: Path) -> None:
+    from querysep.data.manifest import read_manifest
+
+    manifest = read_manifest(corpus["train"])
+    broken = tmp_path / "cut.wav"
+    data = manifest.path_of(manifest.entries[0]).read_bytes()
+    broken.write_bytes(data[: len(data) // 2])  # header promises more frames than remain
+    entries = [replace(e, audio=str(broken)) if i < 4 else e for i, e in enumerate(manifest)]
+    cfg = MixingConfig.from_dict({"seconds": 1.0, "sample_rate": RATE})
+    ds = MixingDataset(Manifest(entries, manifest.root), cfg, length=30, seed=0)
+    with pytest.warns(UserWarning, match="truncated"):
+        items = [ds[i] for i in range(30)]
+    assert all(torch.isfinite(it["mixture"]).all() for it in items)
+    assert str(broken) in ds._bad

@@ -5,7 +5,7 @@ from __future__ import annotations
 import csv
 import json
 from collections.abc import Iterable, Iterator
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 from querysep.errors import DataError
@@ -109,3 +109,66 @@ def write_manifest(entries: Iterable[Entry], path: str | Path) -> Path:
 
     atomic_write(path, write)
     return path
+
+
+@dataclass
+class Report:
+    """What `check_entries` kept and skipped, by reason, with a few examples each."""
+
+    kept: int = 0
+    skipped: dict[str, list[str]] = field(default_factory=dict)
+
+    def skip(self, reason: str, what: str) -> None:
+        self.skipped.setdefault(reason, []).append(what)
+
+    def summary(self) -> str:
+        lines = [f"kept {self.kept} clips, skipped {sum(map(len, self.skipped.values()))}"]
+        for reason, items in sorted(self.skipped.items()):
+            examples = ", ".join(items[:3]) + (", ..." if len(items) > 3 else "")
+            lines.append(f"  {len(items):6d} {reason}: {examples}")
+        return "\n".join(lines)
+
+
+def _read_tail(path: Path, frames: int) -> None:
+    """Decodes the last frames: a file cut short (a half-copied FLAC) passes the header check
+    but fails here, instead of in the middle of a training run."""
+    import soundfile as sf
+
+    from querysep.errors import AudioError
+
+    try:
+        with sf.SoundFile(str(path)) as f:
+            f.seek(max(0, frames - 1024))
+            got = f.read(1024).shape[0]
+    except (RuntimeError, sf.LibsndfileError) as exc:
+        raise AudioError(f"{path}: {exc}") from None
+    if got < min(1024, frames):
+        raise AudioError(f"{path} is truncated")
+
+
+def check_entries(manifest: Manifest, min_seconds: float = 1.0) -> tuple[Manifest, Report]:
+    """Reads every clip's header: missing, unreadable, empty and too-short clips are reported
+    and dropped (a training run must never die on clip 812 341); durations are filled in."""
+    from querysep import audio as qaudio
+    from querysep.errors import AudioError
+
+    report = Report()
+    kept = []
+    for entry in manifest.entries:
+        path = manifest.path_of(entry)
+        if not path.exists():
+            report.skip("missing", entry.audio)
+            continue
+        try:
+            info = qaudio.info(path)
+            _read_tail(path, info.frames)
+        except AudioError as exc:
+            reason = "empty" if "empty" in str(exc) or "no audio" in str(exc) else "unreadable"
+            report.skip(reason, entry.audio)
+            continue
+        if info.duration < min_seconds:
+            report.skip(f"shorter than {min_seconds:g} s", entry.audio)
+            continue
+        kept.append(replace(entry, duration=info.duration, sample_rate=info.sample_rate))
+    report.kept = len(kept)
+    return Manifest(kept, manifest.root), report

@@ -7,6 +7,7 @@ sets fixed without storing them.
 
 from __future__ import annotations
 
+import warnings
 from collections import OrderedDict
 from dataclasses import dataclass, field
 from typing import Any
@@ -16,9 +17,10 @@ import torch
 from torch.utils.data import Dataset
 
 from querysep.data.manifest import Entry, Manifest
-from querysep.errors import ConfigError, DataError
+from querysep.errors import AudioError, ConfigError, DataError, first_line
 
 PEAK_LIMIT = 0.9
+SILENT_RMS = 1e-4
 
 
 @dataclass
@@ -74,6 +76,7 @@ class MixingDataset(Dataset):
         self.seed = int(seed)
         self.frames = round(config.seconds * config.sample_rate)
         self._clips: OrderedDict[str, np.ndarray] = OrderedDict()
+        self._bad: set[str] = set()
         self._by_label: dict[str, list[int]] = {}
         for i, entry in enumerate(manifest.entries):
             for label in entry.labels:
@@ -83,8 +86,19 @@ class MixingDataset(Dataset):
         return self.length
 
     def __getitem__(self, index: int) -> dict[str, Any]:
+        """Draws the item; a clip that fails to decode (truncated, NaN samples) is reported
+        once, excluded, and the item is drawn again, so one bad file never stops a run."""
+        for attempt in range(20):
+            rng = np.random.default_rng([self.seed, int(index), attempt])
+            try:
+                return self._draw(rng)
+            except _Unusable as exc:
+                if exc.first_time:
+                    warnings.warn(f"skipping an unusable clip: {exc}", stacklevel=2)
+        raise DataError("20 draws in a row hit unusable clips: run `querysep data check`")
+
+    def _draw(self, rng: np.random.Generator) -> dict[str, Any]:
         cfg = self.config
-        rng = np.random.default_rng([self.seed, int(index)])
         entries = self.manifest.entries
         t_idx = int(rng.integers(len(entries)))
         target_entry = entries[t_idx]
@@ -142,7 +156,9 @@ class MixingDataset(Dataset):
             if i != t_idx and (not entry.source or self.manifest.entries[i].source != entry.source)
         ]
         chosen = self.manifest.entries[int(rng.choice(pool))] if pool else entry
-        return self._crop(chosen, rng).mean(axis=0).astype(np.float32)
+        example = self._crop(chosen, rng).mean(axis=0).astype(np.float32)
+        # a crop that caught only silence describes nothing: the caption is used instead
+        return example if np.sqrt(np.mean(example**2)) > SILENT_RMS else np.zeros(0, np.float32)
 
     def _crop(self, entry: Entry, rng: np.random.Generator) -> np.ndarray:
         clip = self._clip(entry)
@@ -162,7 +178,14 @@ class MixingDataset(Dataset):
             return self._clips[key]
         from querysep import audio as qaudio
 
-        data, rate = qaudio.load(self.manifest.path_of(entry))
+        path = self.manifest.path_of(entry)
+        if str(path) in self._bad:
+            raise _Unusable(f"{path}", first_time=False)
+        try:
+            data, rate = qaudio.load(path)
+        except AudioError as exc:
+            self._bad.add(str(path))
+            raise _Unusable(first_line(exc), first_time=True) from None
         data = qaudio.resample(data, rate, self.config.sample_rate)
         if self.config.channels == 1:
             data = data.mean(axis=0, keepdims=True)
@@ -173,6 +196,12 @@ class MixingDataset(Dataset):
         if len(self._clips) > self.config.cache_clips:
             self._clips.popitem(last=False)
         return data
+
+
+class _Unusable(Exception):
+    def __init__(self, message: str, first_time: bool) -> None:
+        super().__init__(message)
+        self.first_time = first_time
 
 
 def _collides(a: Entry, b: Entry) -> bool:

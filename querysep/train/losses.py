@@ -1,8 +1,9 @@
 """Training losses for waveform separators, weighted and summed as a config asks.
 
 L1-SNR (10 log10 of the L1 error over the reference's L1 norm) is scale-aware like SNR but keeps
-useful gradients on quiet targets; "absent target" examples (silent reference) fall back to the
-plain error energy, so the model is pushed towards silence instead of dividing by zero.
+useful gradients on quiet targets. For "absent target" examples (a silent reference) that ratio
+is undefined, so the estimate is measured against the mixture instead, with a -30 dB floor: the
+model is pushed towards silence on the same dB scale, without one item swamping the batch.
 """
 
 from __future__ import annotations
@@ -18,11 +19,25 @@ from querysep.errors import ConfigError
 EPS = 1e-8
 
 
-def l1_snr(estimate: Tensor, reference: Tensor) -> Tensor:
-    """Mean over items of -10 log10(|s| / |s - s_hat|) on the waveform, [B, ..., T] inputs."""
+SILENT_FLOOR = 1e-3  # -30 dB: how quiet an estimate of an absent target needs to get
+
+
+def l1_snr(estimate: Tensor, reference: Tensor, mixture: Tensor | None = None) -> Tensor:
+    """Mean over items of 10 log10(|s - s_hat|_1 / |s|_1), [B, ...] inputs.
+
+    Items whose reference is silent score 10 log10(|s_hat|_1 / |x|_1 + floor) against the
+    mixture x when it is given.
+    """
     err = (estimate - reference).abs().flatten(1).sum(-1)
     ref = reference.abs().flatten(1).sum(-1)
-    return (10 * torch.log10((err + EPS) / (ref + EPS))).mean()
+    per_item = 10 * torch.log10((err + EPS) / (ref + EPS))
+    if mixture is not None:
+        silent = ref <= EPS * reference[0].numel()
+        if silent.any():
+            mix = mixture.abs().flatten(1).sum(-1)
+            quiet = 10 * torch.log10(err / (mix + EPS) + SILENT_FLOOR)
+            per_item = torch.where(silent, quiet, per_item)
+    return per_item.mean()
 
 
 def spec_l1_snr(estimate: Tensor, reference: Tensor, stft: STFT) -> Tensor:
@@ -74,17 +89,25 @@ class SeparationLoss(nn.Module):
         self.stft = STFT(n_fft, hop_length)
         self.stfts = nn.ModuleList(STFT(n, h) for n, h in resolutions)
 
-    def forward(self, estimate: Tensor, reference: Tensor) -> dict[str, Tensor]:
+    def forward(
+        self, estimate: Tensor, reference: Tensor, mixture: Tensor | None = None
+    ) -> dict[str, Tensor]:
+        """Terms other than L1-SNR skip items whose reference is silent (their ratios are
+        undefined there); L1-SNR scores those against `mixture`."""
         estimate, reference = estimate.float(), reference.float()
+        keep = reference.abs().flatten(1).sum(-1) > EPS * reference[0].numel()
+        est, ref = estimate[keep], reference[keep]
         parts: dict[str, Tensor] = {}
         for name in self.weights:
             if name == "l1_snr":
-                parts[name] = l1_snr(estimate, reference)
+                parts[name] = l1_snr(estimate, reference, mixture)
+            elif not keep.any():
+                parts[name] = estimate.new_zeros(())
             elif name == "spec_l1_snr":
-                parts[name] = spec_l1_snr(estimate, reference, self.stft)
+                parts[name] = spec_l1_snr(est, ref, self.stft)
             elif name == "mrstft":
-                parts[name] = multi_resolution_stft(estimate, reference, self.stfts)
+                parts[name] = multi_resolution_stft(est, ref, self.stfts)
             else:
-                parts[name] = neg_si_sdr(estimate, reference)
+                parts[name] = neg_si_sdr(est, ref)
         parts["loss"] = torch.stack([self.weights[k] * v for k, v in parts.items()]).sum()
         return parts

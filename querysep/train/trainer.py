@@ -33,6 +33,7 @@ DEFAULTS: dict[str, Any] = {
         "mixing": {},
         "num_workers": 0,
         "valid_items": 32,
+        "embeddings": None,
     },
     "optim": {
         "lr": 1e-3,
@@ -134,7 +135,7 @@ class _WithLoss(torch.nn.Module):
     ) -> dict[str, torch.Tensor]:
         if hasattr(self.model, "training_loss"):  # generative families own their objective
             return self.model.training_loss(mixture, target, query, negative)
-        return self.loss(self.model(mixture, query, negative), target)
+        return self.loss(self.model(mixture, query, negative), target, mixture)
 
 
 # -- the loop -----------------------------------------------------------------------------------
@@ -258,7 +259,14 @@ class Trainer:
         """Caption embeddings, each computed alone and kept: a caption's embedding must not
         depend on which batch first saw it (padding shifts the numbers slightly), or a resumed
         run would drift from an uninterrupted one."""
-        cache = self.__dict__.setdefault("_text_cache", {})
+        cache = self.__dict__.get("_text_cache")
+        if cache is None:  # pre-computed with `querysep data embed`, when given
+            from querysep.data.cli import load_embeddings
+
+            path = self.cfg["data"]["embeddings"]
+            cache = self._text_cache = load_embeddings(path) if path else {}
+            if cache and next(iter(cache.values())).shape[-1] != self.separator.model.query_dim:
+                raise ConfigError(f"{path} holds embeddings of another size than the model's")
         for caption in captions:
             if caption not in cache:
                 cache[caption] = self.encoder.embed_text([caption])[0].cpu()
