@@ -356,3 +356,29 @@ def test_mixing_skips_clips_that_fail_to_decode(corpus: dict[str, Path], tmp_pat
         items = [ds[i] for i in range(30)]
     assert all(torch.isfinite(it["mixture"]).all() for it in items)
     assert str(broken) in ds._bad
+
+
+def test_precomputed_caption_embeddings_feed_the_trainer(
+    corpus: dict[str, Path], tmp_path: Path, tiny_bundle: Path
+) -> None:
+    from querysep.data.cli import load_embeddings
+    from querysep.train.trainer import Trainer, load_train_config
+
+    out = tmp_path / "captions.safetensors"
+    embed = ["data", "embed", str(corpus["train"]), str(out), "--model", str(tiny_bundle)]
+    proc = subprocess.run(
+        [sys.executable, "-m", "querysep", *embed],
+        capture_output=True, text=True, env={**os.environ, "HF_HUB_OFFLINE": "1"}, timeout=300,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    table = load_embeddings(out)
+    assert set(table) == {c for _, caps in CLASSES.values() for c in caps}
+    cfg = train_config(tmp_path, corpus)
+    cfg["model"] = {"bundle": str(tiny_bundle)}
+    cfg["data"]["embeddings"] = str(out)
+    (tmp_path / "c.yaml").write_text(yaml.safe_dump(cfg))
+    trainer = Trainer(load_train_config(tmp_path / "c.yaml"))
+    got = trainer._text(["a beep"])[0]
+    torch.testing.assert_close(got, table["a beep"])
+    direct = trainer.encoder.embed_text(["a beep"])[0].cpu()
+    torch.testing.assert_close(got, direct, atol=1e-6, rtol=0)  # same numbers the file holds

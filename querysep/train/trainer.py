@@ -438,12 +438,18 @@ class Trainer:
             tick = time.perf_counter()
         if bar:
             bar.close()
+        elapsed = time.perf_counter() - started
+        throughput = {
+            "seconds": elapsed,
+            "examples_per_s": examples / max(elapsed, 1e-9),
+            "data_wait_share": waited / max(elapsed, 1e-9),
+        }
         final = None
         if acc.is_main_process:
             final = self.export("final")
         acc.wait_for_everyone()
         acc.end_training()
-        return {**self.state, "final": str(final) if final else None}
+        return {**self.state, **throughput, "final": str(final) if final else None}
 
     def _clip(self) -> None:
         clip, params = self.cfg["train"]["clip"], self.model.parameters()
