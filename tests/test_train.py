@@ -382,3 +382,45 @@ def test_precomputed_caption_embeddings_feed_the_trainer(
     torch.testing.assert_close(got, table["a beep"])
     direct = trainer.encoder.embed_text(["a beep"])[0].cpu()
     torch.testing.assert_close(got, direct, atol=1e-6, rtol=0)  # same numbers the file holds
+
+
+def test_shard_stream_mixes_like_the_manifest_path_and_trains(
+    corpus: dict[str, Path], tmp_path: Path
+) -> None:
+    from querysep.data.manifest import read_manifest
+    from querysep.data.shards import ShardMixingStream
+    from querysep.train.trainer import Trainer, load_train_config
+
+    proc = subprocess.run(
+        [sys.executable, "-m", "querysep", "data", "shards", str(corpus["train"]),
+         str(tmp_path / "shards"), "--shard-size", "5"],
+        capture_output=True, text=True, env={**os.environ, "HF_HUB_OFFLINE": "1"}, timeout=120,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    shards = sorted((tmp_path / "shards").glob("shard-*.tar"))
+    assert len(shards) == 4  # 16 clips, 5 per shard
+    urls = str(tmp_path / "shards" / "shard-{000000..000003}.tar")
+    cfg = MixingConfig.from_dict({"seconds": 1.0, "sample_rate": RATE, "snr_db": [0, 0]})
+    stream = ShardMixingStream(urls, cfg, seed=1, pool_size=16, min_pool=8, repeat=False)
+    items = list(stream)
+    assert len(items) == 16 - 8 + 1  # one mixture per clip once the pool is warm
+    labels = {
+        e.labels[0]: caps for e, caps in ((e, e.captions) for e in read_manifest(corpus["train"]))
+    }
+    for item in items:
+        assert item["mixture"].shape == (1, RATE) and item["label"] in labels
+        noise = item["mixture"] - item["target"]
+        snr = 10 * torch.log10(item["target"].pow(2).sum() / noise.pow(2).sum())
+        assert snr.item() == pytest.approx(0.0, abs=0.01)
+    again = [
+        it["mixture"]
+        for it in ShardMixingStream(urls, cfg, seed=1, pool_size=16, min_pool=8, repeat=False)
+    ]
+    assert all(torch.equal(a, b["mixture"]) for a, b in zip(again, items, strict=True))
+
+    train = train_config(tmp_path, corpus, max_steps=2, save_every=1000)
+    train["data"]["train"], train["data"]["shards"] = None, urls
+    train["data"]["pool_size"] = 16
+    (tmp_path / "s.yaml").write_text(yaml.safe_dump(train))
+    result = Trainer(load_train_config(tmp_path / "s.yaml")).fit()
+    assert result["step"] == 2 and Path(result["final"], "model.safetensors").is_file()

@@ -48,6 +48,12 @@ def add_data_parser(sub: Any) -> None:
             conv.add_argument("--labels", type=Path, required=True, help="class_labels_indices.csv")
             conv.add_argument("--pattern", default="Y{ytid}.wav")
 
+    shards = cmd.add_parser("shards", help="pack a manifest's clips into WebDataset tar shards")
+    shards.add_argument("manifest", type=Path)
+    shards.add_argument("outdir", type=Path)
+    shards.add_argument("--root", type=Path, help="audio root (default: the manifest's folder)")
+    shards.add_argument("--shard-size", type=int, default=1000, help="clips per shard")
+
     embed = cmd.add_parser("embed", help="pre-compute caption embeddings for training")
     embed.add_argument("manifest", type=Path)
     embed.add_argument("out", type=Path, help=".safetensors file to write")
@@ -76,6 +82,13 @@ def run_data(args: argparse.Namespace) -> int:
         return 0
     if action == "embed":
         return _embed(args)
+    if action == "shards":
+        from querysep.data.shards import write_shards
+
+        written = write_shards(mf.read_manifest(args.manifest, root=args.root), args.outdir,
+                               args.shard_size)  # fmt: skip
+        print(f"wrote {len(written)} shards to {args.outdir}")
+        return 0
     if action == "check":
         manifest = mf.read_manifest(args.manifest, root=args.root)
         clean, report = mf.check_entries(manifest, args.min_seconds)

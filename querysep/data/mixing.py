@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import warnings
 from collections import OrderedDict
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -105,33 +106,8 @@ class MixingDataset(Dataset):
         target = self._crop(target_entry, rng)
         count = int(rng.integers(cfg.interferers[0], cfg.interferers[1] + 1))
         others = [self._pick_interferer(target_entry, rng) for _ in range(count)]
-        # each interferer energy-matched first, so none of several drowns the others
-        noise = sum((_unit_energy(self._crop(e, rng)) for e in others), np.zeros_like(target))
-        snr = rng.uniform(*cfg.snr_db)
-        noise = _scale_to_snr(target, noise, snr)
-        absent = rng.random() < cfg.absent_share
-        if absent:
-            target = np.zeros_like(target)
-        mixture = target + noise
-        peak = float(np.abs(mixture).max())
-        if peak > PEAK_LIMIT:
-            mixture, target = mixture * (PEAK_LIMIT / peak), target * (PEAK_LIMIT / peak)
-        caption = str(rng.choice(target_entry.captions))
-        query_audio = np.zeros(0, np.float32)
-        if rng.random() < cfg.audio_query_share:
-            query_audio = self._example_of(t_idx, rng)
-        negative = ""
-        if rng.random() < cfg.negative_share:
-            negative = str(rng.choice(others[0].captions))
-        return {
-            "mixture": torch.from_numpy(mixture.astype(np.float32)),
-            "target": torch.from_numpy(target.astype(np.float32)),
-            "caption": caption,
-            "label": target_entry.labels[0] if target_entry.labels else "",
-            "query_audio": torch.from_numpy(query_audio),
-            "negative": negative,
-            "absent": bool(absent),
-        }
+        crops = [(e, self._crop(e, rng)) for e in others]
+        return assemble(cfg, rng, target_entry, target, crops, lambda: self._example_of(t_idx, rng))
 
     # -- helpers ----------------------------------------------------------------------------
     def _pick_interferer(self, target: Entry, rng: np.random.Generator) -> Entry:
@@ -161,15 +137,7 @@ class MixingDataset(Dataset):
         return example if np.sqrt(np.mean(example**2)) > SILENT_RMS else np.zeros(0, np.float32)
 
     def _crop(self, entry: Entry, rng: np.random.Generator) -> np.ndarray:
-        clip = self._clip(entry)
-        n = clip.shape[-1]
-        if n >= self.frames:
-            start = int(rng.integers(n - self.frames + 1))
-            return clip[:, start : start + self.frames].copy()
-        out = np.zeros((clip.shape[0], self.frames), np.float32)
-        offset = int(rng.integers(self.frames - n + 1))
-        out[:, offset : offset + n] = clip
-        return out
+        return crop(self._clip(entry), self.frames, rng)
 
     def _clip(self, entry: Entry) -> np.ndarray:
         key = entry.audio
@@ -186,16 +154,73 @@ class MixingDataset(Dataset):
         except AudioError as exc:
             self._bad.add(str(path))
             raise _Unusable(first_line(exc), first_time=True) from None
-        data = qaudio.resample(data, rate, self.config.sample_rate)
-        if self.config.channels == 1:
-            data = data.mean(axis=0, keepdims=True)
-        elif data.shape[0] == 1:
-            data = np.repeat(data, 2, axis=0)
-        data = np.ascontiguousarray(data[: self.config.channels], dtype=np.float32)
+        data = fit_clip(data, rate, self.config)
         self._clips[key] = data
         if len(self._clips) > self.config.cache_clips:
             self._clips.popitem(last=False)
         return data
+
+
+def assemble(
+    cfg: MixingConfig,
+    rng: np.random.Generator,
+    target_entry: Entry,
+    target: np.ndarray,
+    interferers: list[tuple[Entry, np.ndarray]],
+    example: Callable[[], np.ndarray],
+) -> dict[str, Any]:
+    """One training item from a target crop and interferer crops (shared by the manifest and
+    the shard-streaming datasets, so both make the same kind of mixture)."""
+    # each interferer energy-matched first, so none of several drowns the others
+    noise = sum((_unit_energy(crop) for _, crop in interferers), np.zeros_like(target))
+    noise = _scale_to_snr(target, noise, rng.uniform(*cfg.snr_db))
+    absent = rng.random() < cfg.absent_share
+    if absent:
+        target = np.zeros_like(target)
+    mixture = target + noise
+    peak = float(np.abs(mixture).max())
+    if peak > PEAK_LIMIT:
+        mixture, target = mixture * (PEAK_LIMIT / peak), target * (PEAK_LIMIT / peak)
+    caption = str(rng.choice(target_entry.captions))
+    query_audio = np.zeros(0, np.float32)
+    if rng.random() < cfg.audio_query_share:
+        query_audio = example()
+    negative = ""
+    if rng.random() < cfg.negative_share:
+        negative = str(rng.choice(interferers[0][0].captions))
+    return {
+        "mixture": torch.from_numpy(mixture.astype(np.float32)),
+        "target": torch.from_numpy(target.astype(np.float32)),
+        "caption": caption,
+        "label": target_entry.labels[0] if target_entry.labels else "",
+        "query_audio": torch.from_numpy(query_audio),
+        "negative": negative,
+        "absent": bool(absent),
+    }
+
+
+def fit_clip(data: np.ndarray, rate: int, cfg: MixingConfig) -> np.ndarray:
+    """Decoded audio [C, T] -> float32 at the mixing rate with the configured channel count."""
+    from querysep import audio as qaudio
+
+    data = qaudio.resample(data, rate, cfg.sample_rate)
+    if cfg.channels == 1:
+        data = data.mean(axis=0, keepdims=True)
+    elif data.shape[0] == 1:
+        data = np.repeat(data, 2, axis=0)
+    return np.ascontiguousarray(data[: cfg.channels], dtype=np.float32)
+
+
+def crop(clip: np.ndarray, frames: int, rng: np.random.Generator) -> np.ndarray:
+    """A random `frames`-long window; shorter clips are zero-padded at a random offset."""
+    n = clip.shape[-1]
+    if n >= frames:
+        start = int(rng.integers(n - frames + 1))
+        return clip[:, start : start + frames].copy()
+    out = np.zeros((clip.shape[0], frames), np.float32)
+    offset = int(rng.integers(frames - n + 1))
+    out[:, offset : offset + n] = clip
+    return out
 
 
 class _Unusable(Exception):

@@ -34,6 +34,8 @@ DEFAULTS: dict[str, Any] = {
         "num_workers": 0,
         "valid_items": 32,
         "embeddings": None,
+        "shards": None,
+        "pool_size": 512,
     },
     "optim": {
         "lr": 1e-3,
@@ -88,8 +90,8 @@ def load_train_config(path: str | Path | None, overrides: list[str] | None = Non
         raise ConfigError(
             "model needs exactly one of config: (from scratch) or bundle: (fine-tune)"
         )
-    if not cfg["data"]["train"]:
-        raise ConfigError("data.train must name a manifest")
+    if bool(cfg["data"]["train"]) == bool(cfg["data"]["shards"]):
+        raise ConfigError("data needs exactly one of train: MANIFEST or shards: URLS")
     if cfg["train"]["clip"]["mode"] not in ("fixed", "autoclip", "none"):
         raise ConfigError("train.clip.mode must be fixed, autoclip or none")
     return cfg
@@ -142,7 +144,7 @@ class _WithLoss(torch.nn.Module):
 class Trainer:
     def __init__(self, cfg: dict) -> None:
         from accelerate import Accelerator
-        from accelerate.utils import ProjectConfiguration, set_seed
+        from accelerate.utils import DataLoaderConfiguration, ProjectConfiguration, set_seed
 
         from querysep.separator import Separator
         from querysep.train.losses import SeparationLoss
@@ -156,6 +158,8 @@ class Trainer:
             mixed_precision=t["mixed_precision"],
             log_with=t["tracker"] if t["tracker"] not in (None, "none") else None,
             project_config=ProjectConfiguration(project_dir=str(self.out)),
+            # every rank reads its own data (shard streams split by rank); never broadcast
+            dataloader_config=DataLoaderConfiguration(dispatch_batches=False),
         )
         set_seed(int(t["seed"]))
         m = cfg["model"]
@@ -217,22 +221,29 @@ class Trainer:
     def _train_loader(self) -> torch.utils.data.DataLoader:
         from querysep.data.mixing import MixingDataset, collate
 
-        t = self.cfg["train"]
+        t, d = self.cfg["train"], self.cfg["data"]
         per_step = int(t["batch_size"]) * int(t["grad_accum"]) * self.accelerator.num_processes
-        dataset = MixingDataset(
-            self._manifest("train"),
-            self._mixing(),
-            length=int(t["max_steps"]) * per_step,
-            seed=int(t["seed"]),
-        )
-        workers = int(self.cfg["data"]["num_workers"])
+        if d["shards"]:
+            from querysep.data.shards import ShardMixingStream
+
+            dataset: Any = ShardMixingStream(
+                d["shards"], self._mixing(), seed=int(t["seed"]), pool_size=int(d["pool_size"])
+            )
+        else:
+            dataset = MixingDataset(
+                self._manifest("train"),
+                self._mixing(),
+                length=int(t["max_steps"]) * per_step,
+                seed=int(t["seed"]),
+            )
+        workers = int(d["num_workers"])
         return torch.utils.data.DataLoader(
             dataset,
             batch_size=int(t["batch_size"]),
             shuffle=False,  # items are already random draws; order must be replayable
             num_workers=workers,
             collate_fn=collate,
-            drop_last=True,
+            drop_last=not d["shards"],
             persistent_workers=workers > 0,
         )
 
@@ -384,11 +395,11 @@ class Trainer:
         if acc.is_main_process and t["tracker"] not in (None, "none"):
             acc.init_trackers("querysep", config=_flat_hparams(self.cfg))
         step = self.resume()
-        loader = (
-            acc.skip_first_batches(self.loader, step * int(t["grad_accum"]))
-            if step
-            else self.loader
-        )
+        loader = self.loader
+        if step and self.cfg["data"]["shards"]:  # a stream restarts on a fresh seed instead
+            self.loader.dataset.set_epoch(step)
+        elif step:
+            loader = acc.skip_first_batches(self.loader, step * int(t["grad_accum"]))
         bar = None
         if acc.is_main_process and t["progress"]:
             from tqdm.auto import tqdm
