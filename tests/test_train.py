@@ -424,3 +424,50 @@ def test_shard_stream_mixes_like_the_manifest_path_and_trains(
     (tmp_path / "s.yaml").write_text(yaml.safe_dump(train))
     result = Trainer(load_train_config(tmp_path / "s.yaml")).fit()
     assert result["step"] == 2 and Path(result["final"], "model.safetensors").is_file()
+
+
+def test_lufs_matching_sets_the_loudness_gap(corpus: dict[str, Path]) -> None:
+    import pyloudnorm
+
+    from querysep.data.manifest import read_manifest
+
+    cfg = MixingConfig.from_dict(
+        {"seconds": 1.0, "sample_rate": RATE, "match": "lufs", "snr_db": [6.0, 6.0],
+         "interferers": [1, 1]}
+    )  # fmt: skip
+    ds = MixingDataset(read_manifest(corpus["train"]), cfg, length=5, seed=0)
+    meter = pyloudnorm.Meter(RATE)
+    for item in (ds[i] for i in range(5)):
+        target = item["target"][0].double().numpy()
+        noise = (item["mixture"] - item["target"])[0].double().numpy()
+        gap = meter.integrated_loudness(target) - meter.integrated_loudness(noise)
+        assert gap == pytest.approx(6.0, abs=0.05)  # peak limiting scales both alike
+    with pytest.raises(ConfigError, match="match"):
+        MixingConfig.from_dict({"match": "rms"})
+
+
+def test_accumulation_freezing_and_tensorboard(corpus: dict[str, Path], tmp_path: Path) -> None:
+    from querysep.train.trainer import Trainer, load_train_config
+
+    cfg = train_config(tmp_path, corpus, max_steps=2, grad_accum=2, tracker="tensorboard")
+    cfg["model"]["freeze"] = ["band_split"]
+    (tmp_path / "c.yaml").write_text(yaml.safe_dump(cfg))
+    trainer = Trainer(load_train_config(tmp_path / "c.yaml"))
+    model = trainer.separator.model
+    frozen = {k: v.clone() for k, v in model.state_dict().items() if k.startswith("band_split")}
+    trained = {k: v.clone() for k, v in model.state_dict().items() if k.startswith("mask")}
+    assert frozen and trained
+    seen = []
+    original = trainer.compute_loss
+
+    def counting(batch):
+        seen.append(batch["mixture"].shape[0])
+        return original(batch)
+
+    trainer.compute_loss = counting
+    result = trainer.fit()
+    assert result["step"] == 2 and len(seen) == 4  # two micro-batches per optimizer step
+    state = model.state_dict()
+    assert all(torch.equal(state[k], v) for k, v in frozen.items())
+    assert any(not torch.equal(state[k], v) for k, v in trained.items())
+    assert list((tmp_path / "run").rglob("events.out.tfevents.*"))

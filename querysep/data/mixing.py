@@ -31,6 +31,9 @@ class MixingConfig:
     channels: int = 1
     interferers: tuple[int, int] = (1, 2)
     snr_db: tuple[float, float] = (-5.0, 5.0)
+    #: How levels are matched before the SNR is applied: "energy" (AudioSep) or "lufs"
+    #: (ITU-R BS.1770 loudness via pyloudnorm: closer to how loud sources sound).
+    match: str = "energy"
     #: Share of items whose query is an audio example instead of a caption.
     audio_query_share: float = 0.0
     #: Share of items that also carry a negative query (an interferer's caption).
@@ -58,6 +61,8 @@ class MixingConfig:
                 raise ConfigError(f"mixing.{name} must be in [0, 1]")
         if cfg.channels not in (1, 2):
             raise ConfigError("mixing.channels must be 1 or 2")
+        if cfg.match not in ("energy", "lufs"):
+            raise ConfigError("mixing.match must be 'energy' or 'lufs'")
         return cfg
 
 
@@ -171,9 +176,14 @@ def assemble(
 ) -> dict[str, Any]:
     """One training item from a target crop and interferer crops (shared by the manifest and
     the shard-streaming datasets, so both make the same kind of mixture)."""
-    # each interferer energy-matched first, so none of several drowns the others
-    noise = sum((_unit_energy(crop) for _, crop in interferers), np.zeros_like(target))
-    noise = _scale_to_snr(target, noise, rng.uniform(*cfg.snr_db))
+    # each interferer level-matched first, so none of several drowns the others
+    level = _unit_loudness if cfg.match == "lufs" else _unit_energy
+    noise = sum((level(c, cfg.sample_rate) for _, c in interferers), np.zeros_like(target))
+    snr = rng.uniform(*cfg.snr_db)
+    if cfg.match == "lufs":
+        noise = _scale_to_loudness_gap(target, noise, snr, cfg.sample_rate)
+    else:
+        noise = _scale_to_snr(target, noise, snr)
     absent = rng.random() < cfg.absent_share
     if absent:
         target = np.zeros_like(target)
@@ -238,9 +248,36 @@ def _collides(a: Entry, b: Entry) -> bool:
     return bool({c.lower() for c in a.captions} & {c.lower() for c in b.captions})
 
 
-def _unit_energy(x: np.ndarray) -> np.ndarray:
+def _unit_energy(x: np.ndarray, sample_rate: int = 0) -> np.ndarray:
     energy = float(np.sum(x**2))
     return x / np.sqrt(energy) if energy > 1e-12 else x
+
+
+def _loudness(x: np.ndarray, sample_rate: int) -> float:
+    """Integrated loudness (LUFS) of [C, T]; -inf for silence or clips under one gate block."""
+    import pyloudnorm
+
+    if x.shape[-1] < 0.4 * sample_rate:
+        return float("-inf")
+    return float(pyloudnorm.Meter(sample_rate).integrated_loudness(x.T.astype(np.float64)))
+
+
+def _unit_loudness(x: np.ndarray, sample_rate: int) -> np.ndarray:
+    lufs = _loudness(x, sample_rate)
+    if not np.isfinite(lufs):
+        return _unit_energy(x)
+    return x * 10 ** ((-23.0 - lufs) / 20)  # EBU R128 reference level
+
+
+def _scale_to_loudness_gap(
+    target: np.ndarray, noise: np.ndarray, gap_db: float, sample_rate: int
+) -> np.ndarray:
+    """Scales the interferers to sit `gap_db` LU below the target (energy SNR if either is
+    too quiet or short to measure)."""
+    t, n = _loudness(target, sample_rate), _loudness(noise, sample_rate)
+    if not (np.isfinite(t) and np.isfinite(n)):
+        return _scale_to_snr(target, noise, gap_db)
+    return noise * 10 ** ((t - gap_db - n) / 20)
 
 
 def _scale_to_snr(target: np.ndarray, noise: np.ndarray, snr_db: float) -> np.ndarray:
