@@ -330,7 +330,9 @@ class AudioWriter:
             self._file.close()
         finally:
             if exc_type is None:
-                os.replace(self._tmp, self.path)
+                from querysep.files import publish
+
+                publish(self._tmp, self.path)
             else:
                 self._tmp.unlink(missing_ok=True)
 

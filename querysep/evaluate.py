@@ -41,6 +41,7 @@ ANCHOR_SOURCE = {
     **{k: "AudioSep (paper)" for k in ANCHORS if k != "dcase2024"},
 }
 BENCHMARKS = ("audiocaps", "clotho", "esc50", "music", "audioset", "vggsound", "dcase2024")
+SILENT_ENERGY = 1e-8
 FIELDS = ["id", "caption", "label", "sdr", "sdri", "si_sdr", "si_sdri", "bss_sdr", "clap_score"]
 
 
@@ -251,12 +252,16 @@ def evaluate(
     done = _done(per_item)
     fresh = not per_item.is_file()
     todo = [it for it in items if it.id not in done]
+    skipped: list[str] = []
     with open(per_item, "a", newline="", encoding="utf-8") as f:
         writer = csv.DictWriter(f, fieldnames=FIELDS)
         if fresh:
             writer.writeheader()
         for item in _progress(todo, progress, len(items), len(done)):
             mixture, source = item.load()
+            if float(np.sum(source.astype(np.float64) ** 2)) < SILENT_ENERGY:
+                skipped.append(item.id)  # SDR against silence is undefined, not a score
+                continue
             result = separator.separate(mixture[None], item.caption, sample_rate=rate)
             estimate = result.target[0]
             row: dict[str, Any] = {"id": item.id, "caption": item.caption, "label": item.label}
@@ -271,6 +276,8 @@ def evaluate(
     rows = [r for k, r in done.items() if k in wanted]
     summary = summarize(rows, benchmark)
     summary["sample_rate"] = rate
+    if skipped:
+        summary["skipped_silent_reference"] = skipped
     atomic_write(out_dir / "summary.json", lambda p: p.write_text(json.dumps(summary, indent=2)))
     atomic_write(out_dir / "summary.md", lambda p: p.write_text(markdown(summary)))
     plot(rows, out_dir / "sdri.png", f"{benchmark}: SDRi")

@@ -10,7 +10,6 @@ Bundle layout (a directory, or a Hugging Face Hub repo with the same files):
 from __future__ import annotations
 
 import json
-import os
 import re
 import tempfile
 import warnings
@@ -34,7 +33,7 @@ from querysep.config import (
     validate_inference,
 )
 from querysep.errors import ModelLoadError, QueryError, QuerysepError, first_line
-from querysep.files import atomic_write
+from querysep.files import atomic_write, publish
 from querysep.models import SeparatorModel, build_model
 from querysep.query import ClapQueryEncoder, Query, as_queries
 from querysep.query.parse import slug
@@ -531,7 +530,7 @@ def _save_dir_atomic(save: Callable[[str], Any], target: Path) -> None:
         save(tmp)
         if target.exists():
             shutil.rmtree(target)
-        os.replace(tmp, target)
+        publish(tmp, target)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise

@@ -283,3 +283,22 @@ def test_sampling_options_reach_generative_models_only(tiny_separator: Separator
     assert seen and all(o["steps"] == 3 and o["guidance"] == 2.0 for o in seen)
     generators = {id(o["generator"]) for o in seen}
     assert len(generators) == 1  # one generator for the run: chunks draw successive noise
+
+
+def test_outputs_get_normal_permissions(tiny_separator: Separator, tmp_path: Path) -> None:
+    import os
+    import stat
+
+    src = tmp_path / "in.wav"
+    import soundfile as sf
+
+    sf.write(src, tone(440, 0.5, 16000).T, 16000)
+    old = os.umask(0o022)
+    try:
+        ((target, _),) = tiny_separator.separate_file(src, "dog", tmp_path / "out")
+        tiny_separator.save_pretrained(tmp_path / "bundle")
+    finally:
+        os.umask(old)
+    assert stat.S_IMODE(target.stat().st_mode) == 0o644  # not mkstemp's private 0600
+    assert stat.S_IMODE((tmp_path / "bundle" / "model.safetensors").stat().st_mode) == 0o644
+    assert stat.S_IMODE((tmp_path / "bundle" / "query_encoder").stat().st_mode) == 0o755

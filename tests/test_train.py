@@ -471,3 +471,16 @@ def test_accumulation_freezing_and_tensorboard(corpus: dict[str, Path], tmp_path
     assert all(torch.equal(state[k], v) for k, v in frozen.items())
     assert any(not torch.equal(state[k], v) for k, v in trained.items())
     assert list((tmp_path / "run").rglob("events.out.tfevents.*"))
+
+
+def test_crops_land_where_the_clip_is_active() -> None:
+    from querysep.data.mixing import crop
+
+    clip = np.zeros((1, 10 * RATE), np.float32)
+    clip[0, 7 * RATE : 8 * RATE] = 0.5  # one second of sound in ten
+    rng = np.random.default_rng(0)
+    crops = [crop(clip, RATE, rng) for _ in range(200)]
+    assert all(np.abs(c).max() > 0 for c in crops)  # never an all-silent target
+    energy = np.array([float(np.sum(c**2)) for c in crops])
+    assert energy.min() >= 0.2 * energy.max() - 1e-6
+    assert len({c.tobytes() for c in crops}) > 20  # still random positions

@@ -206,6 +206,7 @@ def convert_checkpoint(
     import tempfile
 
     from querysep.convert import clap
+    from querysep.files import publish
     from querysep.models import build_model
     from querysep.query import ClapQueryEncoder
     from querysep.separator import Separator
@@ -251,7 +252,7 @@ def convert_checkpoint(
         Separator(model, cfg, encoder).save_pretrained(staging)
         if outdir.exists():
             shutil.rmtree(outdir)
-        staging.rename(outdir)
+        publish(staging, outdir)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     return ConversionReport(

@@ -221,11 +221,23 @@ def fit_clip(data: np.ndarray, rate: int, cfg: MixingConfig) -> np.ndarray:
     return np.ascontiguousarray(data[: cfg.channels], dtype=np.float32)
 
 
+#: A crop must hold at least this share of the clip's loudest window's energy: clips with
+#: pauses (knocks, barks, speech) would otherwise give silent targets, which teach a model to
+#: output silence and make SDRi meaningless (SDR of the mixture goes to minus infinity).
+ACTIVE_SHARE = 0.2
+
+
 def crop(clip: np.ndarray, frames: int, rng: np.random.Generator) -> np.ndarray:
-    """A random `frames`-long window; shorter clips are zero-padded at a random offset."""
+    """A random `frames`-long window where the clip is active; shorter clips are zero-padded at
+    a random offset."""
     n = clip.shape[-1]
     if n >= frames:
-        start = int(rng.integers(n - frames + 1))
+        step = max(1, frames // 100)
+        power = np.concatenate([[0.0], np.cumsum(np.sum(clip.astype(np.float64) ** 2, axis=0))])
+        starts = np.arange(0, n - frames + 1, step)
+        energy = power[starts + frames] - power[starts]
+        active = starts[energy >= ACTIVE_SHARE * energy.max()]
+        start = int(active[int(rng.integers(len(active)))])
         return clip[:, start : start + frames].copy()
     out = np.zeros((clip.shape[0], frames), np.float32)
     offset = int(rng.integers(frames - n + 1))

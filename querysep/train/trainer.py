@@ -187,9 +187,11 @@ class Trainer:
         self.autoclip = AutoClip(float(t["clip"]["percentile"]))
         self.state = {"step": 0, "best_sdri": -math.inf, "best_step": None}
         self.loader = self._train_loader()
-        self.model, self.optimizer, self.loader = self.accelerator.prepare(
-            self.model, self.optimizer, self.loader
-        )
+        self.model, self.optimizer = self.accelerator.prepare(self.model, self.optimizer)
+        if not cfg["data"]["shards"]:
+            # shard streams are split between ranks by webdataset itself; Accelerate's
+            # iterable sharding would split them a second time and drop most items
+            self.loader = self.accelerator.prepare(self.loader)
         # scheduler, AutoClip and EMA are saved by the trainer itself (JSON + safetensors):
         # Accelerate would pickle them and read them back with weights_only=False
 
@@ -289,7 +291,8 @@ class Trainer:
         pos, neg = self.embed(batch)
         pos = pos.repeat_interleave(c, dim=0)
         neg = neg.repeat_interleave(c, dim=0) if neg is not None else None
-        mix, tgt = mixture.reshape(b * c, n), target.reshape(b * c, n)
+        device = self.accelerator.device
+        mix, tgt = mixture.reshape(b * c, n).to(device), target.reshape(b * c, n).to(device)
         return self.model(mix, tgt, pos, neg)
 
     # -- checkpoints ----------------------------------------------------------------------------
