@@ -32,7 +32,7 @@ def build_model(family: str, config: dict[str, Any]) -> SeparatorModel:
 def _load_builtin() -> None:
     # Imported lazily so `import querysep` stays cheap and a broken optional family
     # cannot break the others.
-    from querysep.models import bandsplit, resunet  # noqa: F401
+    from querysep.models import bandsplit, flow, resunet  # noqa: F401
 
 
 __all__ = ["SeparatorModel", "build_model", "families", "register_family"]

@@ -21,6 +21,7 @@ from querysep.models import register_family
 from querysep.models.bands import band_bins, band_weights
 from querysep.models.base import SeparatorModel
 from querysep.nn import FiLM
+from querysep.nn.rope import Rotary, rotate
 
 DEFAULTS: dict[str, Any] = {
     "n_fft": 2048,
@@ -38,25 +39,6 @@ DEFAULTS: dict[str, Any] = {
     "film_hidden": None,
     "negative": True,
 }
-
-
-class Rotary(nn.Module):
-    """Rotary position embedding: attention sees relative offsets along its axis."""
-
-    def __init__(self, dim_head: int, base: float = 10_000.0):
-        super().__init__()
-        inv_freq = 1.0 / base ** (torch.arange(0, dim_head, 2).float() / dim_head)
-        self.register_buffer("inv_freq", inv_freq, persistent=False)
-
-    def forward(self, n: int, device: torch.device) -> tuple[Tensor, Tensor]:
-        angles = torch.outer(torch.arange(n, device=device, dtype=torch.float32), self.inv_freq)
-        angles = torch.cat([angles, angles], dim=-1)
-        return angles.cos(), angles.sin()
-
-
-def rotate(x: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
-    x1, x2 = x.chunk(2, dim=-1)
-    return x * cos.to(x.dtype) + torch.cat([-x2, x1], dim=-1) * sin.to(x.dtype)
 
 
 class Attention(nn.Module):
