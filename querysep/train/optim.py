@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import copy
 import math
 from typing import Any
 
@@ -89,13 +88,12 @@ class EMA:
             if key in self.shadow:
                 self.shadow[key].lerp_(value.detach().float(), 1 - self.decay)
 
-    def copy_to(self, model: nn.Module) -> nn.Module:
-        """A deep copy of `model` holding the averaged weights."""
-        averaged = copy.deepcopy(model)
-        state = averaged.state_dict()
+    @torch.no_grad()
+    def apply_to(self, model: nn.Module) -> None:
+        """Writes the averaged weights into `model` (the trainer swaps them back after use)."""
+        state = model.state_dict()
         for key, value in self.shadow.items():
             state[key].copy_(value.to(state[key].dtype))
-        return averaged
 
     def state_dict(self) -> dict[str, Any]:
         return {"decay": self.decay, "shadow": self.shadow}

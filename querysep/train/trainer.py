@@ -9,11 +9,13 @@ ends with the same weights as an uninterrupted one.
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import json
 import math
 import shutil
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -352,9 +354,27 @@ class Trainer:
         return int(self.state["step"])
 
     # -- validation and export ------------------------------------------------------------------
-    def export_model(self) -> torch.nn.Module:
+    @contextlib.contextmanager
+    def averaged(self) -> Iterator[torch.nn.Module]:
+        """The model in eval mode with the EMA weights swapped in, and back out afterwards.
+
+        Swapping in place instead of copying the model: some modules cannot be deep-copied
+        (weight-normalised convolutions in VAEs), and a copy would double the memory.
+        """
         model = self.accelerator.unwrap_model(self.model).model
-        return self.ema.copy_to(model) if self.ema else copy.deepcopy(model)
+        was_training = model.training
+        saved = None
+        if self.ema:
+            state = model.state_dict()
+            saved = {k: state[k].detach().clone() for k in self.ema.shadow}
+            self.ema.apply_to(model)
+        model.eval()
+        try:
+            yield model
+        finally:
+            if saved is not None:
+                model.load_state_dict(saved, strict=False)
+            model.train(was_training)
 
     @torch.no_grad()
     def validate(self) -> float | None:
@@ -373,22 +393,25 @@ class Trainer:
             self._valid_batches = list(
                 torch.utils.data.DataLoader(ds, batch_size=8, collate_fn=collate)
             )
-        model = self.export_model().eval().to(self.accelerator.device)
         scores = []
-        for batch in self._valid_batches:
-            b, c, n = batch["mixture"].shape
-            pos, neg = self.embed(batch)
-            mix = batch["mixture"].reshape(b * c, n).to(self.accelerator.device)
-            est = model(mix, pos.repeat_interleave(c, 0), neg).reshape(b, c, n).float().cpu()
-            scores.append(metrics.sdr_improvement(est, batch["target"], batch["mixture"]).ravel())
+        with self.averaged() as model:
+            for batch in self._valid_batches:
+                b, c, n = batch["mixture"].shape
+                pos, neg = self.embed(batch)
+                mix = batch["mixture"].reshape(b * c, n).to(self.accelerator.device)
+                est = model(mix, pos.repeat_interleave(c, 0), neg).reshape(b, c, n).float().cpu()
+                sdri = metrics.sdr_improvement(est, batch["target"], batch["mixture"])
+                scores.append(sdri.ravel())
         return float(np.mean(np.concatenate(scores)))
 
     def export(self, name: str) -> Path:
         from querysep.separator import Separator
 
-        model = self.export_model().eval().cpu()
         path = self.out / name
-        Separator(model, self.separator.config, self.separator.query_encoder).save_pretrained(path)
+        with self.averaged() as model:
+            Separator(model, self.separator.config, self.separator.query_encoder).save_pretrained(
+                path
+            )
         return path
 
     # -- run ------------------------------------------------------------------------------------
