@@ -1,6 +1,11 @@
 from __future__ import annotations
 
 import os
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
 from pathlib import Path
 
 import numpy as np
@@ -68,3 +73,74 @@ def bad_audio_files(tmp: Path) -> dict[str, Path]:
     names = ("missing.wav", "empty.wav", "random.flac", "folder.wav", "trunc.wav", "trunc.flac",
              "zero.wav", "slow.wav", "nan.wav")  # fmt: skip
     return {name: tmp / name for name in names}
+
+
+class DemoServer:
+    """A `querysep demo` process on 127.0.0.1 (see the `demo_server` fixture)."""
+
+    def __init__(self, url: str, process: subprocess.Popen, log: Path) -> None:
+        self.url, self.process, self.log = url, process, log
+
+    @property
+    def pid(self) -> int:
+        return self.process.pid
+
+    def log_tail(self, chars: int = 3000) -> str:
+        return self.log.read_text(errors="replace")[-chars:]
+
+
+#: Limits the demo tests run under: small, so the limit tests need only small files.
+DEMO_TEST_LIMITS = {"MAX_SECONDS": "20", "MAX_FILE_MB": "1", "CONCURRENCY": "2", "QUEUE_SIZE": "32"}
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def start_demo(bundle: Path, workdir: Path, limits: dict[str, str]) -> DemoServer:
+    """Launches `python -m querysep demo --model BUNDLE` as a user would and waits for it."""
+    port = free_port()
+    env = {
+        **os.environ,
+        "HF_HUB_OFFLINE": "1",
+        "GRADIO_ANALYTICS_ENABLED": "False",
+        "GRADIO_TEMP_DIR": str(workdir / "gradio"),
+        **{f"QUERYSEP_DEMO_{k}": v for k, v in limits.items()},
+    }
+    log = workdir / "server.log"
+    with open(log, "wb") as out:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "querysep", "demo", "--model", str(bundle), "--port", str(port)],
+            stdout=out, stderr=subprocess.STDOUT, env=env, cwd=workdir,
+        )  # fmt: skip
+    server = DemoServer(f"http://127.0.0.1:{port}/", process, log)
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise RuntimeError(f"the demo exited with {process.returncode}:\n{server.log_tail()}")
+        try:
+            urllib.request.urlopen(server.url, timeout=2).close()
+            return server
+        except OSError:
+            time.sleep(0.3)
+    process.kill()
+    raise RuntimeError(f"the demo did not answer within 120 s:\n{server.log_tail()}")
+
+
+def stop_demo(server: DemoServer) -> None:
+    server.process.terminate()
+    try:
+        server.process.wait(timeout=20)
+    except subprocess.TimeoutExpired:
+        server.process.kill()
+        server.process.wait()
+
+
+@pytest.fixture(scope="session")
+def demo_server(tiny_bundle: Path, tmp_path_factory: pytest.TempPathFactory):
+    """The web demo serving the tiny bundle, shared by the API and browser tests."""
+    server = start_demo(tiny_bundle, tmp_path_factory.mktemp("demo"), DEMO_TEST_LIMITS)
+    yield server
+    stop_demo(server)
