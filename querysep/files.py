@@ -1,4 +1,5 @@
-"""Atomic file writes: a file appears complete under its name, or not at all."""
+"""Atomic writes (a file or folder appears complete under its name, or not at all) and file
+hashing."""
 
 from __future__ import annotations
 
@@ -33,3 +34,35 @@ def atomic_write(path: Path, writer: Callable[[Path], Any]) -> None:
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+def atomic_dir(target: Path, save: Callable[[str], Any]) -> None:
+    """Calls `save` on a temporary sibling folder of `target`, then puts it in target's place
+    (replacing what was there)."""
+    import shutil
+
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = tempfile.mkdtemp(dir=target.parent, prefix=f".{target.name}.")
+    try:
+        save(tmp)
+        if target.exists():
+            shutil.rmtree(target)
+        publish(tmp, target)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+
+
+def sha256_file(path: str | Path, block: int = 1 << 20) -> str:
+    import hashlib
+
+    from querysep.errors import ModelLoadError
+
+    digest = hashlib.sha256()
+    try:
+        with open(path, "rb") as f:
+            while chunk := f.read(block):
+                digest.update(chunk)
+    except OSError as exc:
+        raise ModelLoadError(f"cannot read {path}: {exc.strerror or exc}") from None
+    return digest.hexdigest()

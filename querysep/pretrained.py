@@ -108,7 +108,7 @@ def download(file: HubFile) -> Path:
         raise _NotDownloadable(file, exc) from None
     expected = file.sha256 or _hub_sha256(file)
     if expected is not None:
-        from querysep.convert.audiosep import sha256_file
+        from querysep.files import sha256_file
 
         actual = sha256_file(path)
         if actual != expected:

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import json
 import re
-import tempfile
 import warnings
 from collections.abc import Callable, Sequence
 from contextlib import ExitStack
@@ -33,7 +32,7 @@ from querysep.config import (
     validate_inference,
 )
 from querysep.errors import ModelLoadError, QueryError, QuerysepError, first_line
-from querysep.files import atomic_write, publish
+from querysep.files import atomic_dir, atomic_write
 from querysep.models import SeparatorModel, build_model
 from querysep.query import ClapQueryEncoder, Query, as_queries
 from querysep.query.parse import slug
@@ -162,7 +161,7 @@ class Separator:
         cfg["querysep_version"] = __version__
         qe_spec = {k: v for k, v in cfg["query_encoder"].items() if k not in ("tiny", "path")}
         if "hub_id" not in qe_spec:  # tiny or local encoders travel inside the bundle
-            _save_dir_atomic(self.query_encoder.save_pretrained, directory / QUERY_ENCODER_DIR)
+            atomic_dir(directory / QUERY_ENCODER_DIR, self.query_encoder.save_pretrained)
             qe_spec = {"path": QUERY_ENCODER_DIR, "dim": self.query_encoder.dim}
         cfg["query_encoder"] = qe_spec
         state = {
@@ -520,20 +519,6 @@ def _check_unique(paths: list[tuple[Path, Path]]) -> None:
     flat = [p for pair in paths for p in pair]
     if len(set(flat)) != len(flat):
         raise QueryError("two queries map to the same output file name: make them different")
-
-
-def _save_dir_atomic(save: Callable[[str], Any], target: Path) -> None:
-    import shutil
-
-    tmp = tempfile.mkdtemp(dir=target.parent, prefix=f".{target.name}.")
-    try:
-        save(tmp)
-        if target.exists():
-            shutil.rmtree(target)
-        publish(tmp, target)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
 
 
 def _locate_bundle(name: str, revision: str | None) -> Path:

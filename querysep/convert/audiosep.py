@@ -202,11 +202,9 @@ def convert_checkpoint(
     with roberta-base; the checkpoint has no tokenizer). The bundle appears in `outdir` only
     when complete: it is built in a sibling temporary directory and renamed.
     """
-    import shutil
-    import tempfile
 
     from querysep.convert import clap
-    from querysep.files import publish
+    from querysep.files import atomic_dir, sha256_file
     from querysep.models import build_model
     from querysep.query import ClapQueryEncoder
     from querysep.separator import Separator
@@ -246,15 +244,7 @@ def convert_checkpoint(
         feature_extractor=clap.feature_extractor(clap_model.config), tokenizer=tokenizer
     )
     encoder = ClapQueryEncoder(clap_model, processor, source=str(checkpoint))
-    outdir.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{outdir.name}.", dir=outdir.parent))
-    try:
-        Separator(model, cfg, encoder).save_pretrained(staging)
-        if outdir.exists():
-            shutil.rmtree(outdir)
-        publish(staging, outdir)
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
+    atomic_dir(outdir, Separator(model, cfg, encoder).save_pretrained)
     return ConversionReport(
         separator_mapped=len(sep.state),
         separator_dropped=sep.dropped,
@@ -279,16 +269,3 @@ def _roberta_tokenizer(directory: Path) -> Any:
         merges=str(directory / "merges.txt"),
         model_max_length=77,
     )
-
-
-def sha256_file(path: str | Path, block: int = 1 << 20) -> str:
-    import hashlib
-
-    digest = hashlib.sha256()
-    try:
-        with open(path, "rb") as f:
-            while chunk := f.read(block):
-                digest.update(chunk)
-    except OSError as exc:
-        raise ModelLoadError(f"cannot read {path}: {exc.strerror or exc}") from None
-    return digest.hexdigest()
