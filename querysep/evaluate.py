@@ -129,7 +129,11 @@ def manifest_items(manifest: Path, rate: int, count: int, seed: int, seconds: fl
     ds = MixingDataset(read_manifest(manifest), cfg, length=count, seed=seed)
 
     def loader(i: int) -> Callable[[], tuple[np.ndarray, np.ndarray]]:
-        return lambda: (ds[i]["mixture"][0].numpy(), ds[i]["target"][0].numpy())
+        def load() -> tuple[np.ndarray, np.ndarray]:
+            item = ds[i]  # one draw gives both; drawing twice would mix twice
+            return item["mixture"][0].numpy(), item["target"][0].numpy()
+
+        return load
 
     items = []
     for i in range(count):  # each draw is deterministic, so loading it again later is exact

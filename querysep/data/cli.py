@@ -252,8 +252,7 @@ def _embed(args: argparse.Namespace) -> int:
 
     captions = sorted({c for e in read_manifest(args.manifest) for c in e.captions})
     encoder = Separator.from_pretrained(args.model, device="cpu").query_encoder
-    # one caption at a time: the same numbers the trainer computes (no padding effects)
-    emb = torch.stack([encoder.embed_text([c])[0] for c in captions])
+    emb = torch.stack([embed_caption(encoder, c) for c in captions])
     atomic_write(
         args.out,
         lambda p: save_file(
@@ -262,6 +261,12 @@ def _embed(args: argparse.Namespace) -> int:
     )
     print(f"wrote {args.out}: {len(captions)} captions x {emb.shape[1]}")
     return 0
+
+
+def embed_caption(encoder: Any, caption: str) -> Any:
+    """One caption embedded alone (on the CPU): in a batch, padding shifts the numbers slightly,
+    so this is how both `data embed` and the trainer compute them, and they agree exactly."""
+    return encoder.embed_text([caption])[0].cpu()
 
 
 def load_embeddings(path: str | Path) -> dict[str, Any]:

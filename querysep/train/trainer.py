@@ -174,6 +174,8 @@ class Trainer:
             if any(name.startswith(prefix) for prefix in m["freeze"]):
                 p.requires_grad_(False)
         self.encoder = self.separator.query_encoder.to(self.accelerator.device)
+        self._text_cache = self._precomputed_captions()
+        self._valid_batches: list[dict[str, Any]] | None = None
         o = cfg["optim"]
         params = [p for p in self.model.parameters() if p.requires_grad]
         if not params:
@@ -274,18 +276,23 @@ class Trainer:
         """Caption embeddings, each computed alone and kept: a caption's embedding must not
         depend on which batch first saw it (padding shifts the numbers slightly), or a resumed
         run would drift from an uninterrupted one."""
-        cache = self.__dict__.get("_text_cache")
-        if cache is None:  # pre-computed with `querysep data embed`, when given
-            from querysep.data.cli import load_embeddings
+        from querysep.data.cli import embed_caption
 
-            path = self.cfg["data"]["embeddings"]
-            cache = self._text_cache = load_embeddings(path) if path else {}
-            if cache and next(iter(cache.values())).shape[-1] != self.separator.model.query_dim:
-                raise ConfigError(f"{path} holds embeddings of another size than the model's")
+        cache = self._text_cache
         for caption in captions:
             if caption not in cache:
-                cache[caption] = self.encoder.embed_text([caption])[0].cpu()
+                cache[caption] = embed_caption(self.encoder, caption)
         return torch.stack([cache[c] for c in captions])
+
+    def _precomputed_captions(self) -> dict[str, torch.Tensor]:
+        """Caption embeddings written by `querysep data embed`, when the config names them."""
+        from querysep.data.cli import load_embeddings
+
+        path = self.cfg["data"]["embeddings"]
+        cache = load_embeddings(path) if path else {}
+        if cache and next(iter(cache.values())).shape[-1] != self.separator.model.query_dim:
+            raise ConfigError(f"{path} holds embeddings of another size than the model's")
+        return cache
 
     def compute_loss(self, batch: dict[str, Any]) -> dict[str, torch.Tensor]:
         mixture, target = batch["mixture"], batch["target"]
@@ -382,7 +389,7 @@ class Trainer:
 
         if not self.cfg["data"]["valid"]:
             return None
-        if not hasattr(self, "_valid_batches"):
+        if self._valid_batches is None:
             mixing = self._mixing(audio_query_share=0.0, absent_share=0.0, negative_share=0.0)
             ds = MixingDataset(
                 self._manifest("valid"),
