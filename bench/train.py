@@ -4,7 +4,8 @@
 
 Runs the trainer for a few steps per setting (first steps include warm-up; the figure is the
 whole run's average) on whatever device Accelerate picks: CPU here, a GPU when there is one
-(pass --bf16 there). The synthetic corpus must exist: `querysep data synth data/synth`.
+(pass --bf16 there). The synthetic corpus and the smoke recipe's fitted CLAP must exist:
+`querysep data synth data/synth` and `querysep train-clap data/synth/train.jsonl runs/synth-clap`.
 """
 
 from __future__ import annotations

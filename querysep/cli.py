@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import math
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -92,6 +93,12 @@ def build_parser() -> argparse.ArgumentParser:
         "--guidance", type=float, metavar="W", help="classifier-free guidance scale (flow models)"
     )
     sep.add_argument("--seed", type=int, help="sampling seed (flow models): same seed, same output")
+    sep.add_argument(
+        "--candidates",
+        type=int,
+        metavar="K",
+        help="flow models: sample K targets per chunk, keep the best by CLAPScore",
+    )
     sep.add_argument("--quiet", action="store_true", help="no progress bar, only errors")
 
     init = sub.add_parser("init-model", help="write a randomly initialised bundle from a config")
@@ -139,6 +146,33 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="KEY=VALUE",
         help="override a config value, e.g. --set train.max_steps=100 (repeatable)",
     )
+
+    clap = sub.add_parser(
+        "train-clap",
+        help="fit a CLAP query encoder to a manifest's clips and captions (contrastive)",
+        description="Writes a ClapModel + ClapProcessor folder that model configs "
+        "(query_encoder: {path: OUT}) and training configs (model.query_encoder: OUT) take. "
+        "Offline it starts from the tiny random CLAP; give --init to adapt a real one.",
+    )
+    clap.add_argument("manifest", type=Path, help="training manifest (clips with captions)")
+    clap.add_argument("out", type=Path, help="output folder")
+    clap.add_argument(
+        "--init", default="tiny", help="tiny (default), a CLAP folder or a Hub id to start from"
+    )
+    clap.add_argument("--valid", type=Path, help="manifest scored before and after (zero-shot)")
+    clap.add_argument("--root", type=Path, help="root for the manifests' relative audio paths")
+    clap.add_argument("--steps", type=int, default=300)
+    clap.add_argument("--batch-size", type=int, default=16, help="clips per step, one per class")
+    clap.add_argument(
+        "--lr",
+        type=float,
+        help="peak learning rate (default 2e-3 from the tiny CLAP, 1e-5 from a pretrained one: "
+        "more would erase what it knows)",
+    )
+    clap.add_argument("--seconds", type=float, default=3.0, help="crop length")
+    clap.add_argument("--seed", type=int, default=0)
+    clap.add_argument("--force", action="store_true", help="replace a non-empty OUT")
+    clap.add_argument("--quiet", action="store_true")
 
     from querysep.data.cli import add_data_parser
 
@@ -198,6 +232,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             "demo": _demo,
             "convert": _convert,
             "train": _train,
+            "train-clap": _train_clap,
             "evaluate": _evaluate,
             "data": _data,
         }
@@ -255,6 +290,7 @@ def _separate(args: argparse.Namespace) -> int:
         steps=args.steps,
         guidance=args.guidance,
         seed=args.seed,
+        candidates=args.candidates,
         progress=not args.quiet and info.duration >= PROGRESS_SECONDS,
     )
     if not args.quiet:
@@ -344,6 +380,69 @@ def _train(args: argparse.Namespace) -> int:
         best = result.get("best_step")
         best_note = f"; best valid SDRi {result['best_sdri']:.2f} dB at step {best}" if best else ""
         print(f"trained {result['step']} steps: {result['final']}{best_note}")
+    return 0
+
+
+def _train_clap(args: argparse.Namespace) -> int:
+    from tqdm.auto import tqdm
+
+    from querysep.data.manifest import read_manifest
+    from querysep.files import atomic_dir
+    from querysep.query.clap import ClapQueryEncoder
+    from querysep.train.clap import ClapFitConfig, fit_clap, zero_shot_accuracy
+
+    lr = args.lr if args.lr is not None else (2e-3 if args.init == "tiny" else 1e-5)
+    cfg = ClapFitConfig(
+        steps=args.steps,
+        batch_size=args.batch_size,
+        lr=lr,
+        seconds=args.seconds,
+        seed=args.seed,
+    )
+    if min(cfg.steps, cfg.batch_size) < 1 or cfg.lr <= 0 or cfg.seconds <= 0:
+        raise QuerysepError("--steps, --batch-size, --lr and --seconds must be positive")
+    out = args.out.resolve()
+    inputs = [args.manifest, args.valid, Path(args.init) if args.init != "tiny" else None]
+    if any(
+        p is not None and p.exists() and out in (p.resolve(), *p.resolve().parents) for p in inputs
+    ):
+        raise QuerysepError(f"{args.out} holds an input: choose another output folder")
+    if out.exists() and any(out.iterdir()) and not args.force:
+        raise QuerysepError(f"{args.out} is not empty: pass --force to replace it")
+    train = read_manifest(args.manifest, root=args.root)
+    valid = read_manifest(args.valid, root=args.root) if args.valid else None
+    if args.init == "tiny":
+        encoder = ClapQueryEncoder.tiny(args.seed)
+    else:
+        encoder = ClapQueryEncoder.from_pretrained(args.init)
+
+    def report(when: str) -> None:
+        if valid is not None:
+            s = zero_shot_accuracy(encoder, valid, cfg.seconds)
+            print(
+                f"{when}: zero-shot accuracy {s['accuracy']:.1%} (chance {s['chance']:.1%}), "
+                f"caption margin {s['caption_margin']:.3f}"
+            )
+
+    report("before")
+    bar = None if args.quiet else tqdm(total=cfg.steps, desc="fitting CLAP", unit="step")
+
+    def on_step(step: int, loss: float) -> None:
+        if bar is not None:
+            bar.update(1)
+            bar.set_postfix(loss=f"{loss:.3f}", refresh=False)
+
+    try:
+        losses = fit_clap(encoder, train, cfg, on_step=on_step)
+    finally:
+        if bar is not None:
+            bar.close()
+    if not all(math.isfinite(x) for x in losses):
+        raise QuerysepError("the contrastive loss became NaN: try a lower --lr")
+    report("after")
+    atomic_dir(out, encoder.save_pretrained)
+    head, tail = sum(losses[:20]) / min(20, len(losses)), sum(losses[-20:]) / min(20, len(losses))
+    print(f"loss {head:.3f} -> {tail:.3f} over {cfg.steps} steps; wrote {args.out}")
     return 0
 
 

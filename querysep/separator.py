@@ -228,18 +228,22 @@ class Separator:
         return folded, None
 
     def sampling_options(
-        self, steps: int | None = None, guidance: float | None = None, seed: int | None = None
+        self,
+        steps: int | None = None,
+        guidance: float | None = None,
+        seed: int | None = None,
+        candidates: int | None = None,
     ) -> dict[str, Any]:
         """Checks per-call sampling settings against what the model family takes.
 
         A seed becomes one generator for the whole run, so successive chunks draw successive
         noise and the same call gives the same output.
         """
-        given = {"steps": steps, "guidance": guidance, "seed": seed}
+        given = {"steps": steps, "guidance": guidance, "seed": seed, "candidates": candidates}
         given = {k: v for k, v in given.items() if v is not None}
         accepted = set(self.model.sampling_options)
         for key in given:
-            if (key if key != "seed" else "generator") not in accepted:
+            if (key if key not in ("seed", "candidates") else "generator") not in accepted:
                 raise QueryError(
                     f"{key} applies to generative models; a {self.model.family} model "
                     "separates deterministically"
@@ -250,6 +254,8 @@ class Separator:
             isinstance(guidance, (int, float)) and np.isfinite(guidance) and guidance >= 0
         ):
             raise QueryError(f"guidance must be a finite number >= 0, got {guidance!r}")
+        if "candidates" in given and (not isinstance(candidates, int) or candidates < 1):
+            raise QueryError(f"candidates must be a positive integer, got {candidates!r}")
         options: dict[str, Any] = {k: v for k, v in given.items() if k != "seed"}
         if seed is not None:
             options["generator"] = torch.Generator(self.device).manual_seed(int(seed))
@@ -261,10 +267,11 @@ class Separator:
         device, dtype = self.device, self.dtype
         pos = positives.to(device)
         neg = negatives.to(device) if negatives is not None else None
-        options = options or {}
+        options = dict(options or {})
+        k = int(options.pop("candidates", 1))
 
         @torch.inference_mode()
-        def fn(rows: Tensor) -> Tensor:
+        def once(rows: Tensor) -> Tensor:
             with (
                 torch.autocast(device.type, dtype=dtype, enabled=dtype != torch.float32),
                 warnings.catch_warnings(),
@@ -273,7 +280,30 @@ class Separator:
                 warnings.filterwarnings("ignore", message="Mismatch dtype between input and weight")
                 return self.model.separate_many(rows.to(device), pos, neg, **options).float()
 
-        return fn
+        if k == 1:
+            return once
+
+        def best_of_k(rows: Tensor) -> Tensor:
+            # each call draws fresh noise (from the seeded generator when one is given)
+            return self.best_candidate(torch.stack([once(rows) for _ in range(k)]), positives)
+
+        return best_of_k
+
+    def best_candidate(self, candidates: Tensor, positives: Tensor) -> Tensor:
+        """candidates [N, B, K, T] -> [B, K, T]: per mixture and query, the candidate whose CLAP
+        audio embedding has the highest cosine with the query embedding (the CLAPScore for a
+        text query; for an audio example, the similarity to it). Silent candidates rank last."""
+        n, b, k, t = candidates.shape
+        waves = candidates.detach().float().cpu().reshape(n * b * k, t).numpy()
+        scores = torch.full((n * b * k,), -2.0)
+        audible = [i for i, w in enumerate(waves) if np.any(w)]
+        if audible:
+            emb = self.query_encoder.embed_audio([waves[i] for i in audible], self.sample_rate)
+            query = positives.float().cpu().repeat(n * b, 1)[audible]
+            scores[audible] = (emb * query).sum(dim=-1)
+        best = scores.reshape(n, b, k).argmax(dim=0)  # [B, K]
+        index = best[None, :, :, None].expand(1, b, k, t).to(candidates.device)
+        return candidates.gather(0, index)[0]
 
     def _plan(
         self, chunk_seconds: float | None, overlap: float | None, batch_size: int | None
@@ -308,15 +338,18 @@ class Separator:
         steps: int | None = None,
         guidance: float | None = None,
         seed: int | None = None,
+        candidates: int | None = None,
         progress: bool = False,
     ) -> SeparationResult | list[SeparationResult]:
         """Separate `audio` (a path, or an array / tensor with `sample_rate`) by `query`.
 
         `query` is text ("dog barking", "remove the traffic"), an `AudioQuery`, a `Query`, or
         a list of those: a list returns one result per query, all from one pass over the audio.
-        `steps`, `guidance` and `seed` set the sampler of generative (flow) models.
+        `steps`, `guidance` and `seed` set the sampler of generative (flow) models;
+        `candidates=k` samples k targets per chunk and keeps the one whose CLAP audio embedding
+        is closest to the query (best-of-k re-ranking by CLAPScore).
         """
-        options = self.sampling_options(steps, guidance, seed)
+        options = self.sampling_options(steps, guidance, seed, candidates)
         queries, as_list = as_queries(query)
         queries = [q.with_negatives(negative) for q in queries]
         source = _open_source(audio, sample_rate)
@@ -353,10 +386,11 @@ class Separator:
         steps: int | None = None,
         guidance: float | None = None,
         seed: int | None = None,
+        candidates: int | None = None,
         progress: bool = False,
     ) -> list[tuple[Path, Path]]:
         """File to files, streamed block by block: memory stays flat for any input length."""
-        options = self.sampling_options(steps, guidance, seed)
+        options = self.sampling_options(steps, guidance, seed, candidates)
         queries, _ = as_queries(query)
         queries = [q.with_negatives(negative) for q in queries]
         source = _open_source(input_path, None)
@@ -448,6 +482,7 @@ def separate(
     steps: int | None = None,
     guidance: float | None = None,
     seed: int | None = None,
+    candidates: int | None = None,
     progress: bool = False,
 ) -> SeparationResult | list[SeparationResult]:
     """Extract (or remove) what `query` describes from `audio`. See `Separator.separate`."""
@@ -461,6 +496,7 @@ def separate(
         steps=steps,
         guidance=guidance,
         seed=seed,
+        candidates=candidates,
         progress=progress,
     )
 

@@ -84,8 +84,16 @@ class ClapQueryEncoder:
         return cls(model, processor, source=None)
 
     def save_pretrained(self, directory: str | Path) -> None:
-        self.model.save_pretrained(directory)
-        self.processor.save_pretrained(directory)
+        from transformers.utils import logging as hf_logging
+
+        bars = hf_logging.is_progress_bar_enabled()
+        hf_logging.disable_progress_bar()  # a "writing shards" bar inside every bundle save
+        try:
+            self.model.save_pretrained(directory)
+            self.processor.save_pretrained(directory)
+        finally:
+            if bars:
+                hf_logging.enable_progress_bar()
 
     # -- properties -----------------------------------------------------------------------
     @property

@@ -24,10 +24,10 @@ import torch
 import yaml
 
 from querysep import metrics
-from querysep.errors import ConfigError, first_line
+from querysep.errors import ConfigError, ModelLoadError, first_line
 
 DEFAULTS: dict[str, Any] = {
-    "model": {"config": None, "bundle": None, "freeze": [], "seed": 0},
+    "model": {"config": None, "bundle": None, "query_encoder": None, "freeze": [], "seed": 0},
     "data": {
         "train": None,
         "valid": None,
@@ -92,6 +92,11 @@ def load_train_config(path: str | Path | None, overrides: list[str] | None = Non
         raise ConfigError(
             "model needs exactly one of config: (from scratch) or bundle: (fine-tune)"
         )
+    if cfg["model"]["bundle"] and cfg["model"]["query_encoder"]:
+        raise ConfigError(
+            "model.query_encoder applies to config: only; a bundle keeps the encoder it was "
+            "trained with"
+        )
     if bool(cfg["data"]["train"]) == bool(cfg["data"]["shards"]):
         raise ConfigError("data needs exactly one of train: MANIFEST or shards: URLS")
     if cfg["train"]["clip"]["mode"] not in ("fixed", "autoclip", "none"):
@@ -123,6 +128,20 @@ def _set(cfg: dict, dotted: str, value: Any) -> None:
     if last not in node and not (parents and parents[-1] == "mixing"):
         raise ConfigError(f"--set: {dotted} is not a config key")
     node[last] = value
+
+
+def _model_config(m: dict[str, Any]) -> dict[str, Any]:
+    """The model config, its query encoder replaced by model.query_encoder (a CLAP folder, e.g.
+    from `querysep train-clap`, or a hub id) when the training config names one."""
+    from querysep.config import load_config, normalize_config
+
+    raw = m["config"]
+    cfg = load_config(raw) if isinstance(raw, (str, Path)) else normalize_config(raw)
+    encoder = m["query_encoder"]
+    if encoder:
+        key = "path" if Path(encoder).exists() else "hub_id"
+        cfg["query_encoder"] = {key: str(encoder)}
+    return cfg
 
 
 class _WithLoss(torch.nn.Module):
@@ -168,12 +187,20 @@ class Trainer:
         if m["bundle"]:
             self.separator = Separator.from_pretrained(m["bundle"], device="cpu")
         else:
-            self.separator = Separator.from_config(m["config"], seed=int(m["seed"]))
+            self.separator = Separator.from_config(_model_config(m), seed=int(m["seed"]))
         self.model = _WithLoss(self.separator.model.train(), SeparationLoss(cfg["loss"]))
         for name, p in self.separator.model.named_parameters():
             if any(name.startswith(prefix) for prefix in m["freeze"]):
                 p.requires_grad_(False)
-        self.encoder = self.separator.query_encoder.to(self.accelerator.device)
+        try:
+            self.encoder = self.separator.query_encoder.to(self.accelerator.device)
+        except ModelLoadError as exc:
+            if not m["query_encoder"]:
+                raise
+            raise ConfigError(
+                f"model.query_encoder {m['query_encoder']!r} is neither a CLAP folder nor a "
+                f"loadable Hub model (`querysep train-clap` writes one): {exc}"
+            ) from None
         self._text_cache = self._precomputed_captions()
         self._valid_batches: list[dict[str, Any]] | None = None
         o = cfg["optim"]

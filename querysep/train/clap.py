@@ -1,0 +1,194 @@
+"""Contrastive CLAP fitting on a caption manifest (`querysep train-clap`).
+
+A separator can only be asked for what its query encoder tells apart. LAION's CLAP already
+knows general audio; a tiny random CLAP (offline smoke runs) knows nothing and maps every
+caption to nearly the same vector, so no separator trained on it can follow a query. This fits
+a CLAP on the manifest's own (clip, caption) pairs with CLAP's symmetric contrastive loss:
+paraphrases of a class and audio examples of it end up near each other. It is also how a real
+CLAP is adapted to a new domain before training a separator on it.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from querysep.data.manifest import Entry, Manifest
+from querysep.data.mixing import MixingConfig, crop, fit_clip
+from querysep.errors import DataError
+from querysep.query.clap import (
+    CLAP_SAMPLE_RATE,
+    ClapQueryEncoder,
+    _fixed_numpy_seed,
+    _pooled,
+    _unit,
+)
+
+
+@dataclass
+class ClapFitConfig:
+    steps: int = 300
+    #: Clips per step, each of a different class: CLAP's loss treats every other item of the
+    #: batch as a negative, so two clips of one class would be pushed apart.
+    batch_size: int = 16
+    lr: float = 2e-3  # from the tiny random CLAP; adapting a pretrained one wants ~1e-5
+    weight_decay: float = 0.01
+    warmup_steps: int = 20
+    #: Crop length; CLAP repeat-pads short crops to its 10 s window.
+    seconds: float = 3.0
+    seed: int = 0
+
+
+def class_of(entry: Entry) -> str:
+    """What counts as one class: the first label, else the caption set."""
+    return entry.labels[0] if entry.labels else "\x00".join(entry.captions)
+
+
+class ClipBank:
+    """Decoded mono 48 kHz clips of a manifest, loaded once (corpora this is used on are small
+    or sub-sampled)."""
+
+    def __init__(self, manifest: Manifest) -> None:
+        from querysep import audio as qaudio
+
+        self.manifest = manifest
+        mixing = MixingConfig(sample_rate=CLAP_SAMPLE_RATE, channels=1)
+        self.clips: list[np.ndarray] = []
+        self.entries: list[Entry] = []
+        for entry in manifest:
+            data, rate = qaudio.load(manifest.path_of(entry))
+            clip = fit_clip(data, rate, mixing)
+            if np.any(clip):
+                self.clips.append(clip)
+                self.entries.append(entry)
+        self.by_class: dict[str, list[int]] = {}
+        for i, entry in enumerate(self.entries):
+            self.by_class.setdefault(class_of(entry), []).append(i)
+        if len(self.by_class) < 2:
+            raise DataError("fitting CLAP needs clips of at least two classes")
+
+
+def fit_clap(
+    encoder: ClapQueryEncoder,
+    train: Manifest,
+    cfg: ClapFitConfig,
+    *,
+    on_step: Callable[[int, float], None] | None = None,
+) -> list[float]:
+    """Trains `encoder.model` in place; returns the loss per step."""
+    bank = ClipBank(train)
+    model = encoder.model.train().requires_grad_(True)
+    device = encoder.device
+    params = [p for p in model.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+
+    def factor(step: int) -> float:  # linear warm-up, cosine decay to a tenth
+        if step < cfg.warmup_steps:
+            return (step + 1) / cfg.warmup_steps
+        progress = (step - cfg.warmup_steps) / max(1, cfg.steps - cfg.warmup_steps)
+        return 0.1 + 0.45 * (1 + math.cos(math.pi * min(1.0, progress)))
+
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+    classes = sorted(bank.by_class)
+    per_batch = min(cfg.batch_size, len(classes))
+    frames = round(cfg.seconds * CLAP_SAMPLE_RATE)
+    losses: list[float] = []
+    # dropout draws from torch's global generator: seed it so a run is repeatable
+    with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+        torch.manual_seed(cfg.seed)
+        try:
+            for step in range(cfg.steps):
+                rng = np.random.default_rng([cfg.seed, step])
+                chosen = rng.choice(len(classes), size=per_batch, replace=False)
+                idx = [int(rng.choice(bank.by_class[classes[c]])) for c in chosen]
+                crops = [crop(bank.clips[i], frames, rng)[0] for i in idx]
+                captions = [str(rng.choice(bank.entries[i].captions)) for i in idx]
+                loss = contrastive_loss(encoder, crops, captions, device)
+                optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                torch.nn.utils.clip_grad_norm_(params, 1.0)
+                optimizer.step()
+                scheduler.step()
+                with torch.no_grad():  # LAION clamps the temperature the same way
+                    model.logit_scale_a.clamp_(0, math.log(100))
+                    model.logit_scale_t.clamp_(0, math.log(100))
+                losses.append(loss.item())
+                if on_step:
+                    on_step(step + 1, losses[-1])
+        finally:
+            model.eval().requires_grad_(False)
+            encoder._text_cache.clear()  # embeddings of the old weights
+    return losses
+
+
+def contrastive_loss(
+    encoder: ClapQueryEncoder, crops: list[np.ndarray], captions: list[str], device: Any
+) -> Tensor:
+    """CLAP's symmetric InfoNCE: clip i should match caption i among the batch's captions."""
+    model, processor = encoder.model, encoder.processor
+    with _fixed_numpy_seed(0):
+        feats = processor.feature_extractor(
+            crops,
+            sampling_rate=CLAP_SAMPLE_RATE,
+            truncation="fusion" if encoder.fused else "rand_trunc",
+            padding="repeatpad",
+            return_tensors="pt",
+        )
+    audio_in = {"input_features": feats["input_features"].to(device)}
+    if encoder.fused:
+        audio_in["is_longer"] = feats["is_longer"].to(device)
+    text_in = processor.tokenizer(
+        captions,
+        padding=True,
+        truncation=True,
+        max_length=encoder.max_text_tokens,
+        return_tensors="pt",
+    )
+    text_in = {k: text_in[k].to(device) for k in ("input_ids", "attention_mask")}
+    audio = _unit(_pooled(model.get_audio_features(**audio_in)))
+    text = _unit(_pooled(model.get_text_features(**text_in)))
+    target = torch.arange(len(captions), device=device)
+    logits_a = model.logit_scale_a.exp() * audio @ text.T
+    logits_t = model.logit_scale_t.exp() * text @ audio.T
+    ce = torch.nn.functional.cross_entropy
+    return 0.5 * (ce(logits_a, target) + ce(logits_t, target))
+
+
+@torch.no_grad()
+def zero_shot_accuracy(
+    encoder: ClapQueryEncoder, manifest: Manifest, seconds: float = 3.0
+) -> dict[str, float]:
+    """Each clip classified by its nearest class caption (every caption of every class of the
+    manifest competes), from its first active crop; plus how far apart the classes' captions
+    are: within-class minus across-class cosine (about 0 for an encoder that knows nothing)."""
+    bank = ClipBank(manifest)
+    classes = sorted(bank.by_class)
+    captions: dict[str, set[str]] = {c: set() for c in classes}
+    for entry in bank.entries:
+        captions[class_of(entry)].update(entry.captions)
+    flat = [(c, t) for c in classes for t in sorted(captions[c])]
+    text = encoder.embed_text([t for _, t in flat])
+    owner = np.array([classes.index(c) for c, _ in flat])
+    frames = round(seconds * CLAP_SAMPLE_RATE)
+    rng = np.random.default_rng(0)
+    hits = 0
+    for i, clip in enumerate(bank.clips):
+        emb = encoder.embed_audio([crop(clip, frames, rng)[0]], CLAP_SAMPLE_RATE)[0]
+        best = int(owner[int(torch.argmax(text @ emb))])
+        hits += classes[best] == class_of(bank.entries[i])
+    sim = (text @ text.T).numpy()
+    same = owner[:, None] == owner[None, :]
+    off = ~np.eye(len(flat), dtype=bool)
+    within = float(sim[same & off].mean()) if (same & off).any() else float("nan")
+    across = float(sim[~same].mean())
+    return {
+        "accuracy": hits / len(bank.clips),
+        "chance": 1 / len(classes),
+        "caption_margin": within - across,
+    }
