@@ -471,6 +471,20 @@ def test_split_mean_flow_target_is_exact_for_consistent_average_velocities() -> 
     assert consistent < 1e-9 and instantaneous > 1e-2, (consistent, instantaneous)
 
 
+def test_average_velocity_intervals_cover_the_jumps_of_few_step_sampling() -> None:
+    """1-4 step sampling asks for mean velocities over [0, 1], [0.5, 1], [0.75, 1] ...: the
+    "uniform" intervals train those; sorted pairs of logit-normal draws almost never do."""
+    n, device = 20_000, torch.device("cpu")
+    upper, lower = small(meanflow_intervals="uniform")._sample_interval(n, gen(0), device)
+    assert bool((lower >= 0).all() and (lower <= upper).all() and (upper <= 1).all())
+    assert 0.22 < float((upper == 1).float().mean()) < 0.28  # where every sampling run starts
+    assert float(((upper == 1) & (lower < 0.1)).float().mean()) > 0.02  # one-step jumps
+    upper, lower = small(meanflow_intervals="pair")._sample_interval(n, gen(0), device)
+    assert bool((lower <= upper).all()) and float((upper - lower > 0.9).float().mean()) < 0.005
+    with pytest.raises(ConfigError, match="meanflow_intervals"):
+        small(meanflow_intervals="sorted")
+
+
 def test_condition_dropout_uses_the_null_query_and_drops_negatives() -> None:
     model = small(cond_dropout=0.5)
     seen: dict = {}

@@ -51,6 +51,11 @@ DEFAULTS: dict[str, Any] = {
     "logit_mean": 0.0,
     "logit_std": 1.0,
     "meanflow_ratio": 0.0,  # share of items trained on average velocities (few-step sampling)
+    # their intervals [r, t]: "uniform" takes t = 1 for a quarter of them (where every sampling
+    # run starts), else t uniform, and r uniform below t, so the long jumps of 1-4 step sampling
+    # are trained; "pair" sorts two sigma draws (short intervals around the middle: 4 steps
+    # then measured 1.3 dB SI-SDRi below 32, against 0.1 dB with "uniform"; bench/README.md)
+    "meanflow_intervals": "uniform",
     # sampling defaults, each overridable per call
     "steps": 8,
     "guidance": 1.0,  # 1: off (conditional only), 0: unconditional, > 1: extrapolate
@@ -298,13 +303,11 @@ class FlowSeparator(SeparatorModel):
         x0, mixture_latent = self._training_latents(mixture, target, latents)
         b, device = x0.shape[0], x0.device
         noise = _randn(tuple(x0.shape), generator, device)
-        sigma, other = (
-            self._sample_sigma(b, generator, device),
-            self._sample_sigma(b, generator, device),
-        )
+        sigma = self._sample_sigma(b, generator, device)
+        upper, lower = self._sample_interval(b, generator, device)
         mean_flow = _rand(b, generator, device) < c["meanflow_ratio"]
-        sigma_t = torch.where(mean_flow, torch.maximum(sigma, other), sigma)
-        sigma_r = torch.where(mean_flow, torch.minimum(sigma, other), sigma)
+        sigma_t = torch.where(mean_flow, upper, sigma)
+        sigma_r = torch.where(mean_flow, lower, sigma)
         keep = _rand(b, generator, device) >= c["cond_dropout"]
         query = torch.where(keep[:, None], query, self._null(query))
         if negative is not None:
@@ -358,6 +361,19 @@ class FlowSeparator(SeparatorModel):
             return _rand(n, generator, device)
         return torch.sigmoid(c["logit_mean"] + c["logit_std"] * _randn((n,), generator, device))
 
+    def _sample_interval(
+        self, n: int, generator: torch.Generator | None, device: torch.device
+    ) -> tuple[Tensor, Tensor]:
+        """(sigma_t, sigma_r), sigma_t >= sigma_r: the intervals average velocities are
+        trained on."""
+        if self.hparams["meanflow_intervals"] == "pair":
+            a = self._sample_sigma(n, generator, device)
+            b = self._sample_sigma(n, generator, device)
+            return torch.maximum(a, b), torch.minimum(a, b)
+        start = _rand(n, generator, device) < 0.25
+        upper = torch.where(start, torch.ones(n, device=device), _rand(n, generator, device))
+        return upper, upper * _rand(n, generator, device)
+
     @torch.no_grad()
     def _split_target(
         self,
@@ -390,7 +406,8 @@ def _validate(c: dict[str, Any]) -> None:
     if c["project_hop"] > c["project_n_fft"]:
         raise ConfigError("flow: project_hop must not exceed project_n_fft")
     choices = {"predict": ("joint", "target"), "sigma_sampling": ("logit_normal", "uniform"),
-               "sampler": METHODS, "output": OUTPUTS}  # fmt: skip
+               "meanflow_intervals": ("pair", "uniform"), "sampler": METHODS,
+               "output": OUTPUTS}  # fmt: skip
     for key, allowed in choices.items():
         if c[key] not in allowed:
             raise ConfigError(f"flow: {key} is one of {', '.join(allowed)}, got {c[key]!r}")
