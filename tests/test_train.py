@@ -346,6 +346,10 @@ def test_bad_training_configs(tmp_path: Path) -> None:
     cfg = tmp_path / "c.yaml"
     cfg.write_text(yaml.safe_dump({"data": {"train": "x.jsonl"}, "model": {"config": "m.yaml"}}))
     assert load_train_config(cfg, ["train.max_steps=7"])["train"]["max_steps"] == 7
+    # `no` unquoted is YAML's false: taken as "no", not handed to Accelerate as False
+    assert load_train_config(cfg, ["train.mixed_precision=no"])["train"]["mixed_precision"] == "no"
+    with pytest.raises(ConfigError, match="mixed_precision is one of"):
+        load_train_config(cfg, ["train.mixed_precision=fp32"])
     with pytest.raises(ConfigError, match="not a config key"):
         load_train_config(cfg, ["train.max_stepz=7"])
     cfg.write_text(yaml.safe_dump({"data": {"train": "x.jsonl"}, "optimiser": {}}))

@@ -72,6 +72,9 @@ EMA_FILE = "ema.safetensors"
 
 
 # -- configuration ------------------------------------------------------------------------------
+PRECISIONS = ("no", "bf16", "fp16")
+
+
 def load_train_config(path: str | Path | None, overrides: list[str] | None = None) -> dict:
     raw: dict[str, Any] = {}
     if path is not None:
@@ -101,6 +104,13 @@ def load_train_config(path: str | Path | None, overrides: list[str] | None = Non
         raise ConfigError("data needs exactly one of train: MANIFEST or shards: URLS")
     if cfg["train"]["clip"]["mode"] not in ("fixed", "autoclip", "none"):
         raise ConfigError("train.clip.mode must be fixed, autoclip or none")
+    precision = cfg["train"]["mixed_precision"]
+    if precision is False:  # YAML 1.1 reads an unquoted `no` as false
+        cfg["train"]["mixed_precision"] = precision = "no"
+    if precision not in PRECISIONS:
+        raise ConfigError(
+            f"train.mixed_precision is one of {', '.join(PRECISIONS)}, got {precision!r}"
+        )
     return cfg
 
 
