@@ -92,6 +92,9 @@ def build_parser() -> argparse.ArgumentParser:
     sep.add_argument(
         "--guidance", type=float, metavar="W", help="classifier-free guidance scale (flow models)"
     )
+    sep.add_argument(
+        "--shift", type=float, metavar="S", help="sigma schedule shift (flow models; 1: even)"
+    )
     sep.add_argument("--seed", type=int, help="sampling seed (flow models): same seed, same output")
     sep.add_argument(
         "--candidates",
@@ -289,6 +292,7 @@ def _separate(args: argparse.Namespace) -> int:
         batch_size=args.batch_size,
         steps=args.steps,
         guidance=args.guidance,
+        shift=args.shift,
         seed=args.seed,
         candidates=args.candidates,
         progress=not args.quiet and info.duration >= PROGRESS_SECONDS,

@@ -233,13 +233,20 @@ class Separator:
         guidance: float | None = None,
         seed: int | None = None,
         candidates: int | None = None,
+        shift: float | None = None,
     ) -> dict[str, Any]:
         """Checks per-call sampling settings against what the model family takes.
 
         A seed becomes one generator for the whole run, so successive chunks draw successive
         noise and the same call gives the same output.
         """
-        given = {"steps": steps, "guidance": guidance, "seed": seed, "candidates": candidates}
+        given = {
+            "steps": steps,
+            "guidance": guidance,
+            "shift": shift,
+            "seed": seed,
+            "candidates": candidates,
+        }
         given = {k: v for k, v in given.items() if v is not None}
         accepted = set(self.model.sampling_options)
         for key in given:
@@ -254,6 +261,10 @@ class Separator:
             isinstance(guidance, (int, float)) and np.isfinite(guidance) and guidance >= 0
         ):
             raise QueryError(f"guidance must be a finite number >= 0, got {guidance!r}")
+        if "shift" in given and not (
+            isinstance(shift, (int, float)) and np.isfinite(shift) and shift > 0
+        ):
+            raise QueryError(f"shift must be a finite number > 0, got {shift!r}")
         if "candidates" in given and (not isinstance(candidates, int) or candidates < 1):
             raise QueryError(f"candidates must be a positive integer, got {candidates!r}")
         options: dict[str, Any] = {k: v for k, v in given.items() if k != "seed"}
@@ -337,6 +348,7 @@ class Separator:
         batch_size: int | None = None,
         steps: int | None = None,
         guidance: float | None = None,
+        shift: float | None = None,
         seed: int | None = None,
         candidates: int | None = None,
         progress: bool = False,
@@ -345,11 +357,11 @@ class Separator:
 
         `query` is text ("dog barking", "remove the traffic"), an `AudioQuery`, a `Query`, or
         a list of those: a list returns one result per query, all from one pass over the audio.
-        `steps`, `guidance` and `seed` set the sampler of generative (flow) models;
+        `steps`, `guidance`, `shift` and `seed` set the sampler of generative (flow) models;
         `candidates=k` samples k targets per chunk and keeps the one whose CLAP audio embedding
         is closest to the query (best-of-k re-ranking by CLAPScore).
         """
-        options = self.sampling_options(steps, guidance, seed, candidates)
+        options = self.sampling_options(steps, guidance, seed, candidates, shift)
         queries, as_list = as_queries(query)
         queries = [q.with_negatives(negative) for q in queries]
         source = _open_source(audio, sample_rate)
@@ -385,12 +397,13 @@ class Separator:
         batch_size: int | None = None,
         steps: int | None = None,
         guidance: float | None = None,
+        shift: float | None = None,
         seed: int | None = None,
         candidates: int | None = None,
         progress: bool = False,
     ) -> list[tuple[Path, Path]]:
         """File to files, streamed block by block: memory stays flat for any input length."""
-        options = self.sampling_options(steps, guidance, seed, candidates)
+        options = self.sampling_options(steps, guidance, seed, candidates, shift)
         queries, _ = as_queries(query)
         queries = [q.with_negatives(negative) for q in queries]
         source = _open_source(input_path, None)
@@ -481,6 +494,7 @@ def separate(
     overlap: float | None = None,
     steps: int | None = None,
     guidance: float | None = None,
+    shift: float | None = None,
     seed: int | None = None,
     candidates: int | None = None,
     progress: bool = False,
@@ -495,6 +509,7 @@ def separate(
         overlap=overlap,
         steps=steps,
         guidance=guidance,
+        shift=shift,
         seed=seed,
         candidates=candidates,
         progress=progress,

@@ -118,6 +118,7 @@ def test_bad_inputs_give_one_line_errors(bundle: Path, tmp_path: Path) -> None:
         (["dog", "--dtype", "fp16", "--device", "cpu"], "fp16"),
         (["dog", "--steps", "4"], "generative models"),
         (["dog", "--candidates", "2"], "generative models"),
+        (["dog", "--shift", "3"], "generative models"),
     ],
 )
 def test_bad_arguments(bundle: Path, tmp_path: Path, args: list[str], message: str) -> None:

@@ -328,6 +328,22 @@ def test_guidance_on_and_off(flow_sep: Separator) -> None:
         flow_sep.separate(mix, "dog", sample_rate=44100, steps=0)
 
 
+def test_shift_is_set_per_call(flow_sep: Separator) -> None:
+    mix = tone(440, 0.5, 44100) + tone(1500, 0.5, 44100, amp=0.2)
+    shifted = flow_sep.separate(mix, "dog", sample_rate=44100, seed=3, steps=3, shift=3.0)
+    plain = flow_sep.separate(mix, "dog", sample_rate=44100, seed=3, steps=3)
+    pos, neg = flow_sep.embed_queries([as_query("dog")])
+    with torch.no_grad():
+        direct = flow_sep.model.separate_many(
+            torch.from_numpy(mix), pos, neg, steps=3, shift=3.0, generator=gen(3)
+        )
+    np.testing.assert_allclose(shifted.target[0], direct[0, 0].numpy(), atol=1e-6)
+    assert not np.allclose(shifted.target, plain.target, atol=1e-5)
+    for bad in (0.0, -1.0, float("nan")):
+        with pytest.raises(QueryError, match="shift"):
+            flow_sep.separate(mix, "dog", sample_rate=44100, shift=bad)
+
+
 def test_queries_and_negatives_condition_the_sample(flow_sep: Separator) -> None:
     mix = tone(440, 0.5, 44100) + tone(1500, 0.5, 44100, amp=0.2)
     dog, rain = flow_sep.separate(mix, ["dog", "rain falling"], sample_rate=44100, seed=0)

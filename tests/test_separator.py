@@ -263,6 +263,8 @@ def test_sampling_options_reach_generative_models_only(tiny_separator: Separator
         tiny_separator.separate(audio, "dog", sample_rate=44100, seed=1)
     with pytest.raises(QuerysepError, match="candidates applies"):
         tiny_separator.separate(audio, "dog", sample_rate=44100, candidates=2)
+    with pytest.raises(QuerysepError, match="shift applies"):
+        tiny_separator.separate(audio, "dog", sample_rate=44100, shift=3.0)
 
     seen: list[dict] = []
     model = tiny_separator.model

@@ -84,7 +84,7 @@ class FlowSeparator(SeparatorModel):
 
     family = "flow"
     accepts_negative = True
-    sampling_options = ("steps", "guidance", "generator")
+    sampling_options = ("steps", "guidance", "shift", "generator")
 
     def __init__(self, config: dict[str, Any]):
         super().__init__(config)
