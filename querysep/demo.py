@@ -258,24 +258,45 @@ def run_job(job: Job) -> list[SeparationResult]:
     return results
 
 
+#: Most best-of-k candidates one request may ask for: each one is a full sampling run.
+MAX_CANDIDATES = 8
+
+
 def sampling_options(
-    separator: Separator, steps: float | None, guidance: float | None, seed: float | None
+    separator: Separator,
+    steps: float | None,
+    guidance: float | None,
+    seed: float | None,
+    shift: float | None = None,
+    candidates: float | None = None,
 ) -> tuple[dict[str, Any], str]:
     """The sampler settings this model takes, and a note when given ones do not apply.
 
     Band-split and ResUNet models separate deterministically and refuse sampler settings, so
     the settings panel (shared by all models) is only passed on to generative models.
     """
-    given = {"steps": steps, "guidance": guidance, "seed": seed}
+    given = {
+        "steps": steps,
+        "guidance": guidance,
+        "shift": shift,
+        "seed": seed,
+        "candidates": candidates,
+    }
     given = {k: v for k, v in given.items() if v is not None}
+    if candidates is not None and not 1 <= candidates <= MAX_CANDIDATES:
+        raise QueryError(f"candidates: this demo samples 1 to {MAX_CANDIDATES} per request")
     accepted = set(separator.model.sampling_options)
     options: dict[str, Any] = {}
     if "steps" in given and "steps" in accepted:
         options["steps"] = int(given.pop("steps"))
     if "guidance" in given and "guidance" in accepted:
         options["guidance"] = float(given.pop("guidance"))
+    if "shift" in given and "shift" in accepted:
+        options["shift"] = float(given.pop("shift"))
     if "seed" in given and "generator" in accepted:
         options["seed"] = int(given.pop("seed"))
+    if "candidates" in given and "generator" in accepted:
+        options["candidates"] = int(given.pop("candidates"))
     note = f"{', '.join(given)} ignored: this model is not generative" if given else ""
     return options, note
 
@@ -373,6 +394,8 @@ class Request:
     steps: float | None = None
     guidance: float | None = None
     seed: float | None = None
+    shift: float | None = None
+    candidates: float | None = None
 
 
 class DemoHandler:
@@ -402,11 +425,13 @@ class DemoHandler:
         steps: float | None = None,
         guidance: float | None = None,
         seed: float | None = None,
+        shift: float | None = None,
+        candidates: float | None = None,
         progress: gr.Progress = gr.Progress(track_tqdm=True),  # noqa: B008 (Gradio's marker)
     ) -> Outputs:
         """Separate `audio` by `query`: returns the target and residual files first."""
         request = Request(audio, query, example, example_weight, negative, mode, model,
-                          chunk_seconds, steps, guidance, seed)  # fmt: skip
+                          chunk_seconds, steps, guidance, seed, shift, candidates)  # fmt: skip
         paths = {"the recording": audio, "the example clip": example}
         try:
             return self._separate(request, progress)
@@ -435,7 +460,9 @@ class DemoHandler:
         choice = self._choice(r.model)
         progress(0.0, desc=f"loading {choice.label}")
         separator = load_model(choice.spec)
-        options, note = sampling_options(separator, r.steps, r.guidance, r.seed)
+        options, note = sampling_options(
+            separator, r.steps, r.guidance, r.seed, r.shift, r.candidates
+        )
         progress(0.05, desc="separating")
         job = Job(
             audio=str(r.audio),
@@ -661,6 +688,14 @@ def build_demo(
                         value=None, minimum=0, maximum=20, label="Guidance (flow models)"
                     )
                     seed = gr.Number(value=None, precision=0, label="Seed (flow models)")
+                    shift = gr.Number(
+                        value=None, minimum=0.1, maximum=10,
+                        label="Sigma schedule shift (flow models; blank: the model's own)",
+                    )  # fmt: skip
+                    candidates = gr.Number(
+                        value=None, precision=0, minimum=1, maximum=MAX_CANDIDATES,
+                        label="Candidates: sample k, keep the best by CLAPScore (flow models)",
+                    )  # fmt: skip
                 run = gr.Button("Separate", variant="primary")
             with gr.Column():
                 target = gr.Audio(
@@ -675,7 +710,7 @@ def build_demo(
                 for name in ("Mixture", "Result", "The rest")
             ]
         inputs = [audio, query, example, example_weight, negative, mode, model, chunk, steps,
-                  guidance, seed]  # fmt: skip
+                  guidance, seed, shift, candidates]  # fmt: skip
         run.click(
             handler,
             inputs=inputs,

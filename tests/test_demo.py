@@ -99,13 +99,18 @@ def test_model_choices_and_limits(tiny_bundle: Path, tmp_path: Path) -> None:
 
 
 def test_sampler_settings_reach_only_models_that_take_them() -> None:
-    options = ("steps", "guidance", "generator")
+    options = ("steps", "guidance", "shift", "generator")
     flow = SimpleNamespace(model=SimpleNamespace(sampling_options=options))
     mask = SimpleNamespace(model=SimpleNamespace(sampling_options=()))
     assert sampling_options(flow, 8.0, 2.0, 3.0) == ({"steps": 8, "guidance": 2.0, "seed": 3}, "")
+    given = sampling_options(flow, None, None, 1.0, shift=3.0, candidates=4.0)
+    assert given == ({"shift": 3.0, "seed": 1, "candidates": 4}, "")
     assert sampling_options(mask, None, None, None) == ({}, "")
-    options, note = sampling_options(mask, 8.0, None, 3.0)
-    assert options == {} and note == "steps, seed ignored: this model is not generative"
+    options, note = sampling_options(mask, 8.0, None, 3.0, candidates=2.0)
+    assert options == {} and note == "steps, seed, candidates ignored: this model is not generative"
+    for bad in (0.0, 9.0, float("nan")):
+        with pytest.raises(QuerysepError, match="candidates"):
+            sampling_options(flow, None, None, None, candidates=bad)
 
 
 def test_spectrograms_share_one_scale_and_stay_small() -> None:
