@@ -32,7 +32,7 @@ import numpy as np
 from querysep.errors import QueryError, QuerysepError, first_line
 from querysep.query import AudioQuery, Query
 from querysep.query.parse import slug
-from querysep.separator import SeparationResult, Separator, load
+from querysep.separator import SAMPLING_SETTINGS, SeparationResult, Separator, load
 
 log = logging.getLogger(__name__)
 
@@ -275,28 +275,16 @@ def sampling_options(
     Band-split and ResUNet models separate deterministically and refuse sampler settings, so
     the settings panel (shared by all models) is only passed on to generative models.
     """
-    given = {
-        "steps": steps,
-        "guidance": guidance,
-        "shift": shift,
-        "seed": seed,
-        "candidates": candidates,
-    }
-    given = {k: v for k, v in given.items() if v is not None}
+    settings = dict(steps=steps, guidance=guidance, shift=shift, seed=seed, candidates=candidates)
+    given = {k: v for k, v in settings.items() if v is not None}
     if candidates is not None and not 1 <= candidates <= MAX_CANDIDATES:
         raise QueryError(f"candidates: this demo samples 1 to {MAX_CANDIDATES} per request")
     accepted = set(separator.model.sampling_options)
     options: dict[str, Any] = {}
-    if "steps" in given and "steps" in accepted:
-        options["steps"] = int(given.pop("steps"))
-    if "guidance" in given and "guidance" in accepted:
-        options["guidance"] = float(given.pop("guidance"))
-    if "shift" in given and "shift" in accepted:
-        options["shift"] = float(given.pop("shift"))
-    if "seed" in given and "generator" in accepted:
-        options["seed"] = int(given.pop("seed"))
-    if "candidates" in given and "generator" in accepted:
-        options["candidates"] = int(given.pop("candidates"))
+    for key in list(given):
+        convert, needs = SAMPLING_SETTINGS[key]
+        if needs in accepted:
+            options[key] = convert(given.pop(key))
     note = f"{', '.join(given)} ignored: this model is not generative" if given else ""
     return options, note
 

@@ -86,6 +86,17 @@ def output_paths(
     return directory / f"{name}.{format}", directory / f"{name}_residual.{format}"
 
 
+#: Per-call sampler settings: the type a form value converts to, and the model option a family
+#: must list in `sampling_options` to take it (seed and candidates need a sampling generator).
+SAMPLING_SETTINGS: dict[str, tuple[type, str]] = {
+    "steps": (int, "steps"),
+    "guidance": (float, "guidance"),
+    "shift": (float, "shift"),
+    "seed": (int, "generator"),
+    "candidates": (int, "generator"),
+}
+
+
 class Separator:
     """A ready-to-use separator: `Separator.from_pretrained(path).separate(audio, "dog")`."""
 
@@ -250,7 +261,7 @@ class Separator:
         given = {k: v for k, v in given.items() if v is not None}
         accepted = set(self.model.sampling_options)
         for key in given:
-            if (key if key not in ("seed", "candidates") else "generator") not in accepted:
+            if SAMPLING_SETTINGS[key][1] not in accepted:
                 raise QueryError(
                     f"{key} applies to generative models; a {self.model.family} model "
                     "separates deterministically"
