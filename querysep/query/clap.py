@@ -138,16 +138,35 @@ class ClapQueryEncoder:
                     f"{text[:60]!r}...",
                     stacklevel=4,
                 )
-        enc = tokenizer(
+        out = self.model.get_text_features(**self.text_inputs(texts))
+        return _unit(_pooled(out)).float().cpu()
+
+    def text_inputs(self, texts: list[str]) -> dict[str, Tensor]:
+        """Tokenised captions for `model.get_text_features`, on the model's device."""
+        enc = self.processor.tokenizer(
             texts,
             padding=True,
             truncation=True,
             max_length=self.max_text_tokens,
             return_tensors="pt",
         )
-        enc = {k: v.to(self.device) for k, v in enc.items() if k in ("input_ids", "attention_mask")}
-        out = self.model.get_text_features(**enc)
-        return _unit(_pooled(out)).float().cpu()
+        return {k: enc[k].to(self.device) for k in ("input_ids", "attention_mask")}
+
+    def audio_inputs(self, pieces: list[np.ndarray]) -> dict[str, Tensor]:
+        """Mono 48 kHz clips -> features for `model.get_audio_features`, on the model's device.
+        Repeat-padded to CLAP's window; the extractor's random crop of longer clips is seeded."""
+        with _fixed_numpy_seed(0):
+            feats = self.processor.feature_extractor(
+                pieces,
+                sampling_rate=CLAP_SAMPLE_RATE,
+                truncation="fusion" if self.fused else "rand_trunc",
+                padding="repeatpad",
+                return_tensors="pt",
+            )
+        inputs = {"input_features": feats["input_features"].to(self.device)}
+        if "is_longer" in feats:
+            inputs["is_longer"] = feats["is_longer"].to(self.device)
+        return inputs
 
     def _remember(self, text: str, emb: Tensor) -> None:
         self._text_cache[text] = emb
@@ -182,18 +201,7 @@ class ClapQueryEncoder:
             pieces = [mono[i : i + window] for i in range(0, len(mono), window)]
             if len(pieces) > 1 and len(pieces[-1]) < window // 4:
                 pieces.pop()  # a short tail would be repeat-padded into a different sound
-        fe = self.processor.feature_extractor
-        with _fixed_numpy_seed(0):
-            feats = fe(
-                pieces,
-                sampling_rate=CLAP_SAMPLE_RATE,
-                truncation="fusion" if self.fused else "rand_trunc",
-                padding="repeatpad",
-                return_tensors="pt",
-            )
-        inputs = {"input_features": feats["input_features"].to(self.device)}
-        if "is_longer" in feats:
-            inputs["is_longer"] = feats["is_longer"].to(self.device)
+        inputs = self.audio_inputs(pieces)
         embs = _unit(_pooled(self.model.get_audio_features(**inputs)).float().cpu())
         return _unit(embs.mean(dim=0))
 

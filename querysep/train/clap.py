@@ -13,7 +13,6 @@ from __future__ import annotations
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
 
 import numpy as np
 import torch
@@ -22,13 +21,8 @@ from torch import Tensor
 from querysep.data.manifest import Entry, Manifest
 from querysep.data.mixing import MixingConfig, crop, fit_clip
 from querysep.errors import DataError
-from querysep.query.clap import (
-    CLAP_SAMPLE_RATE,
-    ClapQueryEncoder,
-    _fixed_numpy_seed,
-    _pooled,
-    _unit,
-)
+from querysep.query.clap import CLAP_SAMPLE_RATE, ClapQueryEncoder, _pooled, _unit
+from querysep.train.optim import lr_factor
 
 
 @dataclass
@@ -88,13 +82,16 @@ def fit_clap(
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
 
-    def factor(step: int) -> float:  # linear warm-up, cosine decay to a tenth
-        if step < cfg.warmup_steps:
-            return (step + 1) / cfg.warmup_steps
-        progress = (step - cfg.warmup_steps) / max(1, cfg.steps - cfg.warmup_steps)
-        return 0.1 + 0.45 * (1 + math.cos(math.pi * min(1.0, progress)))
-
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(
+        optimizer,
+        lambda step: lr_factor(  # linear warm-up, cosine decay to a tenth
+            step,
+            schedule="cosine",
+            warmup_steps=cfg.warmup_steps,
+            total_steps=cfg.steps,
+            min_ratio=0.1,
+        ),
+    )
     classes = sorted(bank.by_class)
     per_batch = min(cfg.batch_size, len(classes))
     frames = round(cfg.seconds * CLAP_SAMPLE_RATE)
@@ -109,7 +106,7 @@ def fit_clap(
                 idx = [int(rng.choice(bank.by_class[classes[c]])) for c in chosen]
                 crops = [crop(bank.clips[i], frames, rng)[0] for i in idx]
                 captions = [str(rng.choice(bank.entries[i].captions)) for i in idx]
-                loss = contrastive_loss(encoder, crops, captions, device)
+                loss = contrastive_loss(encoder, crops, captions)
                 optimizer.zero_grad(set_to_none=True)
                 loss.backward()
                 torch.nn.utils.clip_grad_norm_(params, 1.0)
@@ -128,32 +125,13 @@ def fit_clap(
 
 
 def contrastive_loss(
-    encoder: ClapQueryEncoder, crops: list[np.ndarray], captions: list[str], device: Any
+    encoder: ClapQueryEncoder, crops: list[np.ndarray], captions: list[str]
 ) -> Tensor:
     """CLAP's symmetric InfoNCE: clip i should match caption i among the batch's captions."""
-    model, processor = encoder.model, encoder.processor
-    with _fixed_numpy_seed(0):
-        feats = processor.feature_extractor(
-            crops,
-            sampling_rate=CLAP_SAMPLE_RATE,
-            truncation="fusion" if encoder.fused else "rand_trunc",
-            padding="repeatpad",
-            return_tensors="pt",
-        )
-    audio_in = {"input_features": feats["input_features"].to(device)}
-    if encoder.fused:
-        audio_in["is_longer"] = feats["is_longer"].to(device)
-    text_in = processor.tokenizer(
-        captions,
-        padding=True,
-        truncation=True,
-        max_length=encoder.max_text_tokens,
-        return_tensors="pt",
-    )
-    text_in = {k: text_in[k].to(device) for k in ("input_ids", "attention_mask")}
-    audio = _unit(_pooled(model.get_audio_features(**audio_in)))
-    text = _unit(_pooled(model.get_text_features(**text_in)))
-    target = torch.arange(len(captions), device=device)
+    model = encoder.model
+    audio = _unit(_pooled(model.get_audio_features(**encoder.audio_inputs(crops))))
+    text = _unit(_pooled(model.get_text_features(**encoder.text_inputs(captions))))
+    target = torch.arange(len(captions), device=encoder.device)
     logits_a = model.logit_scale_a.exp() * audio @ text.T
     logits_t = model.logit_scale_t.exp() * text @ audio.T
     ce = torch.nn.functional.cross_entropy
