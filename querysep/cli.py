@@ -343,8 +343,7 @@ def _convert(args: argparse.Namespace) -> int:
     from querysep import pretrained
     from querysep.convert.audiosep import convert_checkpoint
 
-    if args.outdir.exists() and any(args.outdir.iterdir()) and not args.force:
-        raise QuerysepError(f"{args.outdir} is not empty: pass --force to replace it")
+    _refuse_nonempty(args.outdir, args.force)
     with tempfile.TemporaryDirectory() as tmp:
         tokenizer = args.tokenizer
         if tokenizer is None:
@@ -391,7 +390,7 @@ def _train_clap(args: argparse.Namespace) -> int:
     from tqdm.auto import tqdm
 
     from querysep.data.manifest import read_manifest
-    from querysep.files import atomic_dir
+    from querysep.files import atomic_dir, holds
     from querysep.query.clap import ClapQueryEncoder
     from querysep.train.clap import ClapFitConfig, fit_clap, zero_shot_accuracy
 
@@ -405,14 +404,10 @@ def _train_clap(args: argparse.Namespace) -> int:
     )
     if min(cfg.steps, cfg.batch_size) < 1 or cfg.lr <= 0 or cfg.seconds <= 0:
         raise QuerysepError("--steps, --batch-size, --lr and --seconds must be positive")
-    out = args.out.resolve()
     inputs = [args.manifest, args.valid, Path(args.init) if args.init != "tiny" else None]
-    if any(
-        p is not None and p.exists() and out in (p.resolve(), *p.resolve().parents) for p in inputs
-    ):
+    if any(p is not None and p.exists() and holds(args.out, p) for p in inputs):
         raise QuerysepError(f"{args.out} holds an input: choose another output folder")
-    if out.exists() and any(out.iterdir()) and not args.force:
-        raise QuerysepError(f"{args.out} is not empty: pass --force to replace it")
+    _refuse_nonempty(args.out, args.force)
     train = read_manifest(args.manifest, root=args.root)
     valid = read_manifest(args.valid, root=args.root) if args.valid else None
     if args.init == "tiny":
@@ -444,10 +439,15 @@ def _train_clap(args: argparse.Namespace) -> int:
     if not all(math.isfinite(x) for x in losses):
         raise QuerysepError("the contrastive loss became NaN: try a lower --lr")
     report("after")
-    atomic_dir(out, encoder.save_pretrained)
+    atomic_dir(args.out.resolve(), encoder.save_pretrained)
     head, tail = sum(losses[:20]) / min(20, len(losses)), sum(losses[-20:]) / min(20, len(losses))
     print(f"loss {head:.3f} -> {tail:.3f} over {cfg.steps} steps; wrote {args.out}")
     return 0
+
+
+def _refuse_nonempty(folder: Path, force: bool) -> None:
+    if folder.exists() and any(folder.iterdir()) and not force:
+        raise QuerysepError(f"{folder} is not empty: pass --force to replace it")
 
 
 def _evaluate(args: argparse.Namespace) -> int:

@@ -53,6 +53,12 @@ def atomic_dir(target: Path, save: Callable[[str], Any]) -> None:
         raise
 
 
+def holds(folder: str | Path, path: str | Path) -> bool:
+    """Whether `folder` is `path` or one of its parents: replacing it would destroy `path`."""
+    inside = Path(path).resolve()
+    return Path(folder).resolve() in (inside, *inside.parents)
+
+
 def sha256_file(path: str | Path, block: int = 1 << 20) -> str:
     import hashlib
 

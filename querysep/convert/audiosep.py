@@ -204,14 +204,14 @@ def convert_checkpoint(
     """
 
     from querysep.convert import clap
-    from querysep.files import atomic_dir, sha256_file
+    from querysep.files import atomic_dir, holds, sha256_file
     from querysep.models import build_model
     from querysep.query import ClapQueryEncoder
     from querysep.separator import Separator
 
     outdir = Path(outdir)
     for given in (Path(checkpoint), Path(tokenizer_dir)):
-        if outdir.resolve() in (given.resolve(), *given.resolve().parents):
+        if holds(outdir, given):
             raise ModelLoadError(f"OUTDIR {outdir} holds an input ({given}): choose another")
     tokenizer = _roberta_tokenizer(Path(tokenizer_dir))
     digest = sha256_file(checkpoint)
