@@ -13,7 +13,6 @@ separating.
 from __future__ import annotations
 
 import argparse
-import json
 from pathlib import Path
 
 import numpy as np
@@ -28,6 +27,7 @@ def main() -> None:
     parser.add_argument("--offset", type=int, default=7, help="class-list offset of the wrong one")
     args = parser.parse_args()
 
+    from querysep.data.manifest import read_manifest
     from querysep.evaluate import manifest_items, score
     from querysep.separator import Separator
 
@@ -35,9 +35,8 @@ def main() -> None:
     rate = sep.sample_rate
     items = manifest_items(args.test, rate, args.items, 0, args.seconds)
     captions: dict[str, str] = {}
-    for line in args.test.read_text().splitlines():
-        entry = json.loads(line)
-        captions.setdefault(entry["labels"][0], entry["captions"][0])
+    for entry in read_manifest(args.test):
+        captions.setdefault(entry.labels[0], entry.captions[0])
     labels = sorted(captions)
     right, wrong, change = [], [], []
     for item in items:

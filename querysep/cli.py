@@ -392,7 +392,7 @@ def _train_clap(args: argparse.Namespace) -> int:
     from querysep.data.manifest import read_manifest
     from querysep.files import atomic_dir, holds
     from querysep.query.clap import ClapQueryEncoder
-    from querysep.train.clap import ClapFitConfig, fit_clap, zero_shot_accuracy
+    from querysep.train.clap import ClapFitConfig, ClipBank, fit_clap, zero_shot_accuracy
 
     lr = args.lr if args.lr is not None else (2e-3 if args.init == "tiny" else 1e-5)
     cfg = ClapFitConfig(
@@ -409,7 +409,8 @@ def _train_clap(args: argparse.Namespace) -> int:
         raise QuerysepError(f"{args.out} holds an input: choose another output folder")
     _refuse_nonempty(args.out, args.force)
     train = read_manifest(args.manifest, root=args.root)
-    valid = read_manifest(args.valid, root=args.root) if args.valid else None
+    # decoded once, scored before and after
+    valid = ClipBank(read_manifest(args.valid, root=args.root)) if args.valid else None
     if args.init == "tiny":
         encoder = ClapQueryEncoder.tiny(args.seed)
     else:

@@ -140,12 +140,12 @@ def contrastive_loss(
 
 @torch.no_grad()
 def zero_shot_accuracy(
-    encoder: ClapQueryEncoder, manifest: Manifest, seconds: float = 3.0
+    encoder: ClapQueryEncoder, manifest: Manifest | ClipBank, seconds: float = 3.0
 ) -> dict[str, float]:
     """Each clip classified by its nearest class caption (every caption of every class of the
     manifest competes), from its first active crop; plus how far apart the classes' captions
     are: within-class minus across-class cosine (about 0 for an encoder that knows nothing)."""
-    bank = ClipBank(manifest)
+    bank = manifest if isinstance(manifest, ClipBank) else ClipBank(manifest)
     classes = sorted(bank.by_class)
     captions: dict[str, set[str]] = {c: set() for c in classes}
     for entry in bank.entries:
