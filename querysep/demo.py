@@ -302,14 +302,12 @@ def _magnitude(audio: np.ndarray, width: int) -> np.ndarray:
     a ten-minute input costs about as much to draw as a ten-second one."""
     import torch
 
+    from querysep.dsp import STFT
+
     mono = torch.from_numpy(np.ascontiguousarray(audio.mean(axis=0), dtype=np.float32))
     n_fft = SPECTROGRAM_N_FFT
-    if mono.numel() < n_fft:
-        mono = torch.nn.functional.pad(mono, (0, n_fft - mono.numel()))
-    hop = max(n_fft // 4, math.ceil(mono.numel() / width))
-    window = torch.hann_window(n_fft)
-    spec = torch.stft(mono, n_fft, hop, window=window, center=False, return_complex=True)
-    return spec.abs().numpy()
+    hop = max(n_fft // 4, math.ceil(mono.numel() / max(1, width - 1)))  # centred: 1 + n // hop
+    return STFT(n_fft, hop)(mono).abs().numpy()
 
 
 def spectrograms(*signals: np.ndarray, width: int = SPECTROGRAM_WIDTH) -> list[np.ndarray]:

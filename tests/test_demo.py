@@ -124,7 +124,7 @@ def test_spectrograms_share_one_scale_and_stay_small() -> None:
         assert image.shape[0] == 257 and 700 <= image.shape[1] <= 800  # ten minutes, 800 px
     assert images[1].mean() < images[0].mean() - 20  # 40 dB quieter looks darker
     short = spectrograms(np.zeros((1, 100), np.float32))[0]  # shorter than one FFT frame
-    assert short.shape[:2] == (257, 1)
+    assert short.shape[0] == 257 and 1 <= short.shape[1] <= 8
 
 
 def test_examples_are_small_mono_and_listed() -> None:
