@@ -15,6 +15,7 @@ import soundfile as sf
 import torch
 import yaml
 
+import querysep
 from querysep import metrics
 from querysep.data.manifest import Entry, Manifest, write_manifest
 from querysep.data.mixing import MixingConfig, MixingDataset
@@ -489,6 +490,44 @@ def test_accumulation_freezing_and_tensorboard(corpus: dict[str, Path], tmp_path
     assert all(torch.equal(state[k], v) for k, v in frozen.items())
     assert any(not torch.equal(state[k], v) for k, v in trained.items())
     assert list((tmp_path / "run").rglob("events.out.tfevents.*"))
+
+
+def test_bf16_mixed_precision_runs_under_autocast_and_keeps_fp32_weights(
+    corpus: dict[str, Path], tmp_path: Path
+) -> None:
+    """bf16 on CPU goes through the same Accelerate autocast as on a GPU: the transformer's
+    matmuls run in bf16, the master weights, losses and exported bundle stay float32."""
+    from querysep.train.trainer import Trainer, load_train_config
+
+    cfg = train_config(tmp_path, corpus, max_steps=2, mixed_precision="bf16")
+    (tmp_path / "c.yaml").write_text(yaml.safe_dump(cfg))
+    trainer = Trainer(load_train_config(tmp_path / "c.yaml"))
+    model = trainer.separator.model
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    dtypes: list[torch.dtype] = []
+    model.blocks[0].time.attn.qkv.register_forward_hook(lambda m, i, o: dtypes.append(o.dtype))
+    losses: list[torch.Tensor] = []
+    original = trainer.compute_loss
+
+    def recording(batch):
+        parts = original(batch)
+        losses.append(parts["loss"].detach())
+        return parts
+
+    trainer.compute_loss = recording
+    result = trainer.fit()
+    assert result["step"] == 2 and torch.bfloat16 in dtypes
+    assert all(loss.dtype == torch.float32 and torch.isfinite(loss) for loss in losses)
+    state = model.state_dict()
+    assert all(v.dtype == before[k].dtype for k, v in state.items())
+    assert any(not torch.equal(state[k], v) for k, v in before.items())
+    out = querysep.separate(
+        np.random.default_rng(0).standard_normal(RATE).astype(np.float32) * 0.1,
+        "a beep",
+        model=result["final"],
+        sample_rate=RATE,
+    )
+    assert np.isfinite(out.target).all() and np.abs(out.target).max() > 0
 
 
 def test_crops_land_where_the_clip_is_active() -> None:

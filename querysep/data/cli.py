@@ -45,7 +45,7 @@ def add_data_parser(sub: Any) -> None:
     synth.add_argument("outdir", type=Path)
     synth.add_argument("--seed", type=int, default=0)
     synth.add_argument("--sample-rate", type=int, default=16_000, help="16000 (default) or 32000")
-    synth.add_argument("--clips-per-class", type=int, default=12, help="train clips per class")
+    synth.add_argument("--clips-per-class", type=int, default=36, help="train clips per class")
     synth.add_argument("--seconds", type=float, default=4.0, help="clip length (4.0)")
     synth.add_argument("--no-speech", action="store_true", help="leave out espeak-ng speech")
     synth.add_argument("--animals", type=Path, help="folder with the CC0 animal mp3s")

@@ -350,7 +350,7 @@ def synthesize_corpus(
     outdir: str | Path,
     *,
     seed: int = 0,
-    clips_per_class: int = 12,
+    clips_per_class: int = 36,
     seconds: float = 4.0,
     sample_rate: int = 16_000,
     speech: bool = True,
