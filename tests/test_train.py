@@ -499,9 +499,13 @@ def test_bf16_mixed_precision_runs_under_autocast_and_keeps_fp32_weights(
     matmuls run in bf16, the master weights, losses and exported bundle stay float32."""
     from querysep.train.trainer import Trainer, load_train_config
 
+    fp32 = train_config(tmp_path, corpus, max_steps=2)
+    (tmp_path / "fp32.yaml").write_text(yaml.safe_dump(fp32))
+    Trainer(load_train_config(tmp_path / "fp32.yaml"))  # a second run in one process may differ
     cfg = train_config(tmp_path, corpus, max_steps=2, mixed_precision="bf16")
     (tmp_path / "c.yaml").write_text(yaml.safe_dump(cfg))
     trainer = Trainer(load_train_config(tmp_path / "c.yaml"))
+    assert trainer.accelerator.mixed_precision == "bf16"
     model = trainer.separator.model
     before = {k: v.clone() for k, v in model.state_dict().items()}
     dtypes: list[torch.dtype] = []

@@ -175,6 +175,7 @@ class _WithLoss(torch.nn.Module):
 class Trainer:
     def __init__(self, cfg: dict) -> None:
         from accelerate import Accelerator
+        from accelerate.state import AcceleratorState
         from accelerate.utils import DataLoaderConfiguration, ProjectConfiguration, set_seed
 
         from querysep.separator import Separator
@@ -184,6 +185,10 @@ class Trainer:
         self.cfg = cfg
         t = cfg["train"]
         self.out = Path(cfg["output_dir"])
+        # Accelerate keeps one state per process and refuses a second Accelerator with another
+        # precision; a new run (a notebook's second `train`) configures the process afresh.
+        # The distributed PartialState (process group) is kept.
+        AcceleratorState._reset_state(reset_partial_state=False)
         self.accelerator = Accelerator(
             gradient_accumulation_steps=int(t["grad_accum"]),
             mixed_precision=t["mixed_precision"],
