@@ -6,8 +6,9 @@
 Held-out mixtures are drawn from the test manifest as `querysep evaluate manifest` draws them
 (one interferer, 0 dB, fixed seed). The flow model is sampled with 1, 2, 4, 8, 16 and 32 steps
 (Euler without guidance: one evaluation per step) and with best-of-k re-ranking; the band-split
-model, trained with the same budget, is one forward pass. CLAPScore uses the bundle's own
-query encoder; the reference target's and the mixture's scores are printed for scale.
+model is one forward pass (train both for equal CPU time to compare them fairly). CLAPScore
+uses the bundle's own query encoder; the reference target's and the mixture's scores are
+printed for scale.
 """
 
 from __future__ import annotations
@@ -58,7 +59,7 @@ def reference_scores(separator, items) -> tuple[float, float]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--flow", type=Path, required=True, help="trained flow bundle")
-    parser.add_argument("--bandsplit", type=Path, help="band-split bundle, same training budget")
+    parser.add_argument("--bandsplit", type=Path, help="band-split bundle to compare with")
     parser.add_argument("--test", type=Path, required=True, help="held-out manifest")
     parser.add_argument("--items", type=int, default=48)
     parser.add_argument("--seconds", type=float, default=2.0)
