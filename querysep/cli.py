@@ -392,9 +392,17 @@ def _train_clap(args: argparse.Namespace) -> int:
     from querysep.data.manifest import read_manifest
     from querysep.files import atomic_dir, holds
     from querysep.query.clap import ClapQueryEncoder
-    from querysep.train.clap import ClapFitConfig, ClipBank, fit_clap, zero_shot_accuracy
+    from querysep.train.clap import (
+        PRETRAINED_LR,
+        ClapFitConfig,
+        ClipBank,
+        fit_clap,
+        zero_shot_accuracy,
+    )
 
-    lr = args.lr if args.lr is not None else (2e-3 if args.init == "tiny" else 1e-5)
+    lr = ClapFitConfig.lr if args.init == "tiny" else PRETRAINED_LR
+    if args.lr is not None:
+        lr = args.lr
     cfg = ClapFitConfig(
         steps=args.steps,
         batch_size=args.batch_size,

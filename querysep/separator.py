@@ -240,6 +240,7 @@ class Separator:
 
     def sampling_options(
         self,
+        *,
         steps: int | None = None,
         guidance: float | None = None,
         seed: int | None = None,
@@ -372,7 +373,9 @@ class Separator:
         `candidates=k` samples k targets per chunk and keeps the one whose CLAP audio embedding
         is closest to the query (best-of-k re-ranking by CLAPScore).
         """
-        options = self.sampling_options(steps, guidance, seed, candidates, shift)
+        options = self.sampling_options(
+            steps=steps, guidance=guidance, shift=shift, seed=seed, candidates=candidates
+        )
         queries, as_list = as_queries(query)
         queries = [q.with_negatives(negative) for q in queries]
         source = _open_source(audio, sample_rate)
@@ -414,7 +417,9 @@ class Separator:
         progress: bool = False,
     ) -> list[tuple[Path, Path]]:
         """File to files, streamed block by block: memory stays flat for any input length."""
-        options = self.sampling_options(steps, guidance, seed, candidates, shift)
+        options = self.sampling_options(
+            steps=steps, guidance=guidance, shift=shift, seed=seed, candidates=candidates
+        )
         queries, _ = as_queries(query)
         queries = [q.with_negatives(negative) for q in queries]
         source = _open_source(input_path, None)

@@ -24,6 +24,9 @@ from querysep.errors import DataError
 from querysep.query.clap import CLAP_SAMPLE_RATE, ClapQueryEncoder, _pooled, _unit
 from querysep.train.optim import lr_factor
 
+#: Peak learning rate when adapting a pretrained CLAP: more would erase what it knows.
+PRETRAINED_LR = 1e-5
+
 
 @dataclass
 class ClapFitConfig:
@@ -31,7 +34,7 @@ class ClapFitConfig:
     #: Clips per step, each of a different class: CLAP's loss treats every other item of the
     #: batch as a negative, so two clips of one class would be pushed apart.
     batch_size: int = 16
-    lr: float = 2e-3  # from the tiny random CLAP; adapting a pretrained one wants ~1e-5
+    lr: float = 2e-3  # from the tiny random CLAP; a pretrained one takes PRETRAINED_LR
     weight_decay: float = 0.01
     warmup_steps: int = 20
     #: Crop length; CLAP repeat-pads short crops to its 10 s window.
