@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 # torch is pinned for reproducible CI; pyproject.toml keeps a range for users.
 TORCH ?= torch==2.13.0
 
-.PHONY: test lint example bench clean
+.PHONY: test lint example bench clean system-deps mini
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -14,8 +14,12 @@ $(VENV)/.installed: pyproject.toml
 	$(PY) -m pip install -q -e ".[test]"
 	touch $@
 
+## system-deps: the Debian packages the tests and `make mini` use (apt-get as root, else named)
+system-deps:
+	@tools/system-deps
+
 ## test: install everything into .venv, lint, run the offline test suite
-test: $(VENV)/.installed
+test: system-deps $(VENV)/.installed
 	$(VENV)/bin/ruff check querysep tests bench demo
 	$(VENV)/bin/ruff format --check querysep tests bench demo
 	HF_HUB_OFFLINE=1 $(PY) -m pytest -q
@@ -27,6 +31,18 @@ lint: $(VENV)/.installed
 ## example: separate a bundled recording (pass MODEL=bundle-or-hub-id for real weights)
 example: $(VENV)/.installed
 	$(PY) demo/example.py $(if $(MODEL),--model "$(MODEL)",) $(if $(QUERY),--query "$(QUERY)",)
+
+## mini: rebuild the corpus and retrain querysep-mini from scratch on this CPU, pack it into
+## the package and measure it (about 2 hours on 2 cores; figures in bench/README.md)
+mini: system-deps $(VENV)/.installed
+	rm -rf runs/mini runs/mini-clap
+	$(VENV)/bin/querysep data corpus data/corpus
+	$(VENV)/bin/querysep train-clap data/corpus/train.jsonl runs/mini-clap \
+		--valid data/corpus/valid.jsonl --steps 600 --batch-size 32
+	$(VENV)/bin/querysep train configs/train/mini.yaml
+	$(VENV)/bin/querysep pack runs/mini/final querysep/weights/querysep-mini \
+		--sounds data/corpus/classes.json --force
+	$(PY) bench/mini.py querysep/weights/querysep-mini data/corpus
 
 bench: $(VENV)/.installed
 	$(PY) bench/separate.py

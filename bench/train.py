@@ -25,6 +25,9 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, nargs="+", default=[8])
     parser.add_argument("--workers", type=int, nargs="+", default=[0, 2])
     parser.add_argument("--bf16", action="store_true", help="mixed precision (GPU)")
+    parser.add_argument(
+        "--set", action="append", default=[], metavar="KEY=VALUE", help="config override"
+    )
     args = parser.parse_args()
     device = torch.cuda.get_device_name() if torch.cuda.is_available() else "CPU"
     print(f"device: {device}, torch threads {torch.get_num_threads()}, config {args.config}")
@@ -44,6 +47,7 @@ def main() -> None:
                     f"train.valid_every={10**9}",
                     f"train.save_every={10**9}",
                     f"train.mixed_precision={'bf16' if args.bf16 else 'no'}",
+                    *args.set,
                 ]
                 result = Trainer(load_train_config(args.config, overrides)).fit()
             print(

@@ -50,6 +50,20 @@ def add_data_parser(sub: Any) -> None:
     synth.add_argument("--no-speech", action="store_true", help="leave out espeak-ng speech")
     synth.add_argument("--animals", type=Path, help="folder with the CC0 animal mp3s")
 
+    corpus = cmd.add_parser(
+        "corpus",
+        help="write querysep-mini's corpus of real sounds (sampled instruments and drums, "
+        "speech in four languages, animals, procedural) + manifests",
+    )
+    corpus.add_argument("outdir", type=Path)
+    corpus.add_argument("--seed", type=int, default=0)
+    corpus.add_argument("--sample-rate", type=int, default=16_000)
+    corpus.add_argument("--clips-per-class", type=int, default=36, help="train clips per class")
+    corpus.add_argument("--seconds", type=float, default=4.0, help="clip length (4.0)")
+    corpus.add_argument("--classes", help="comma-separated subset of the classes (default: all)")
+    corpus.add_argument("--soundfont", type=Path, help="General MIDI .sf2 (default: FluidR3_GM)")
+    corpus.add_argument("--animals", type=Path, help="folder with the CC0 animal mp3s")
+
     scan = cmd.add_parser("scan", help="manifest from a folder of audio files")
     scan.add_argument("root", type=Path)
     scan.add_argument("out", type=Path, help="manifest to write (.jsonl or .csv)")
@@ -118,6 +132,7 @@ def run_data(args: argparse.Namespace) -> int:
     """Runs one `querysep data` action; bad input raises a QuerysepError (one line)."""
     actions: dict[str, Callable[[argparse.Namespace], int]] = {
         "synth": _synth,
+        "corpus": _corpus,
         "scan": _scan,
         "check": _check,
         "shards": _shards,
@@ -128,7 +143,6 @@ def run_data(args: argparse.Namespace) -> int:
 
 
 def _synth(args: argparse.Namespace) -> int:
-    from querysep.data.manifest import read_manifest
     from querysep.data.synth import synthesize_corpus
 
     started = time.perf_counter()
@@ -141,10 +155,36 @@ def _synth(args: argparse.Namespace) -> int:
         speech=not args.no_speech,
         animals=args.animals,
     )
+    return _report(paths, args.outdir, started)
+
+
+def _corpus(args: argparse.Namespace) -> int:
+    from querysep.data.corpus import build_corpus
+
+    started = time.perf_counter()
+    classes = (
+        tuple(c.strip() for c in args.classes.split(",") if c.strip()) if args.classes else None
+    )
+    paths = build_corpus(
+        args.outdir,
+        seed=args.seed,
+        clips_per_class=args.clips_per_class,
+        seconds=args.seconds,
+        sample_rate=args.sample_rate,
+        classes=classes,
+        soundfont=args.soundfont,
+        animals=args.animals,
+    )
+    return _report(paths, args.outdir, started)
+
+
+def _report(paths: dict[str, Path], outdir: Path, started: float) -> int:
+    from querysep.data.manifest import read_manifest
+
     for split, path in paths.items():
         manifest = read_manifest(path)
         print(f"{split}: {path} ({len(manifest)} clips, {len(manifest.labels())} classes)")
-    print(f"wrote {args.outdir} in {time.perf_counter() - started:.1f} s")
+    print(f"wrote {outdir} in {time.perf_counter() - started:.1f} s")
     return 0
 
 

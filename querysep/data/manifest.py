@@ -46,6 +46,9 @@ class Entry:
     sample_rate: int | None = None
     id: str = ""
     source: str = ""
+    #: The clip's licence (SPDX id or a short phrase); corpora that ship or train shipped
+    #: weights record it per clip.
+    license: str = ""
 
     def __post_init__(self) -> None:
         # Lists from callers become tuples, so entries hash and compare like read ones.
@@ -131,6 +134,9 @@ def parse_entry(obj: Any, where: str, *, split_lists: bool = False) -> Entry:
     ident, source = obj.get("id") or "", obj.get("source") or ""
     if not isinstance(ident, str | int) or not isinstance(source, str | int):
         raise DataError(f"{where}: 'id' and 'source' must be strings")
+    licence = obj.get("license") or ""
+    if not isinstance(licence, str):
+        raise DataError(f"{where}: 'license' must be a string")
     return Entry(
         audio=audio.strip(),
         captions=captions,
@@ -139,6 +145,7 @@ def parse_entry(obj: Any, where: str, *, split_lists: bool = False) -> Entry:
         sample_rate=int(rate) if rate is not None else None,
         id=str(ident),
         source=str(source),
+        license=licence.strip(),
     )
 
 
