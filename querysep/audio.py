@@ -156,6 +156,10 @@ def to_array(audio: Any, sample_rate: Any) -> np.ndarray:
     MAX_CHANNELS and second one short enough is soundfile's [frames, channels] and is transposed.
     """
     if hasattr(audio, "detach") and hasattr(audio, "cpu"):
+        if str(getattr(audio, "device", "")) == "meta":
+            raise AudioError("the audio tensor is on the meta device: it holds no samples")
+        if getattr(audio, "is_complex", lambda: False)():
+            raise AudioError("audio must be real-valued, got a complex tensor")
         audio = audio.detach().cpu()
         if str(audio.dtype) == "torch.bfloat16":
             audio = audio.float()
@@ -278,9 +282,18 @@ class AudioWriter:
     """Block-wise writer that only puts a complete file at `path` (temp file, then rename)."""
 
     def __init__(
-        self, path: str | Path, sample_rate: int, channels: int, subtype: str | None = None
+        self,
+        path: str | Path,
+        sample_rate: int,
+        channels: int,
+        subtype: str | None = None,
+        *,
+        deferred: bool = False,
     ):
+        """`deferred`: a clean exit leaves the finished temporary file for `publish()`, so
+        several files (a target and its residual) can appear together or not at all."""
         self.path = Path(path)
+        self.deferred = deferred
         self.sample_rate = _check_rate(sample_rate)
         _check_channels(channels, "the output")
         self.channels = channels
@@ -317,7 +330,12 @@ class AudioWriter:
             raise AudioError(f"refusing to write NaN or infinite samples to {self.path}")
         if self._clip:
             block = np.clip(block, -1.0, 1.0 - 2.0**-23)
-        self._file.write(block.T)
+        try:
+            self._file.write(block.T)
+        except (sf.LibsndfileError, OSError) as exc:  # a full disk, a vanished folder
+            from querysep.files import write_error_message
+
+            raise AudioError(write_error_message(self.path, exc)) from None
 
     def __exit__(
         self,
@@ -326,15 +344,52 @@ class AudioWriter:
         tb: TracebackType | None,
     ) -> None:
         assert self._file is not None and self._tmp is not None
-        try:
-            self._file.close()
-        finally:
-            if exc_type is None:
-                from querysep.files import publish
+        from querysep.files import publish, write_error_message
 
+        try:
+            self._file.close()  # flushes: a full disk can show up here first
+            if exc_type is None and not self.deferred:
                 publish(self._tmp, self.path)
-            else:
-                self._tmp.unlink(missing_ok=True)
+        except (sf.LibsndfileError, OSError) as err:
+            self._tmp.unlink(missing_ok=True)
+            if exc_type is None:
+                raise AudioError(write_error_message(self.path, err)) from None
+        except BaseException:
+            self._tmp.unlink(missing_ok=True)
+            raise
+        if exc_type is not None:
+            self._tmp.unlink(missing_ok=True)
+
+    def publish(self) -> None:
+        """Moves a deferred writer's finished file into place."""
+        from querysep.files import publish, write_error_message
+
+        assert self.deferred and self._tmp is not None
+        try:
+            publish(self._tmp, self.path)
+        except OSError as exc:
+            self._tmp.unlink(missing_ok=True)
+            raise AudioError(write_error_message(self.path, exc)) from None
+
+    def discard(self) -> None:
+        if self._tmp is not None:
+            self._tmp.unlink(missing_ok=True)
+
+
+def publish_together(writers: list[AudioWriter]) -> None:
+    """Publishes deferred writers' files all or none: a failure removes the ones already
+    moved into place and the rest of the temporary files."""
+    done: list[AudioWriter] = []
+    try:
+        for writer in writers:
+            writer.publish()
+            done.append(writer)
+    except BaseException:
+        for writer in done:
+            writer.path.unlink(missing_ok=True)
+        for writer in writers:
+            writer.discard()
+        raise
 
 
 def save(

@@ -9,7 +9,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from querysep import __version__
-from querysep.errors import QuerysepError
+from querysep.errors import QuerysepError, first_line
 
 BENCHMARK_CHOICES = (
     "audiocaps", "clotho", "esc50", "music", "audioset", "vggsound", "dcase2024", "manifest"
@@ -113,7 +113,20 @@ def build_parser() -> argparse.ArgumentParser:
     init.add_argument("--force", action="store_true", help="replace an existing bundle in OUTDIR")
 
     models = sub.add_parser("models", help="list the named pretrained models")
-    models.add_argument("-v", "--verbose", action="store_true", help="also list download sources")
+    models.add_argument(
+        "-v", "--verbose", action="store_true", help="also list sources and the sounds known"
+    )
+    models.add_argument(
+        "--fetch", metavar="NAME", help="download and convert a named model into the cache now"
+    )
+
+    pack = sub.add_parser(
+        "pack", help="a trained bundle -> a packaged model folder (fp16 weights, SHA256SUMS)"
+    )
+    pack.add_argument("bundle", type=Path)
+    pack.add_argument("outdir", type=Path)
+    pack.add_argument("--sounds", type=Path, help="the corpus's classes.json: what it knows")
+    pack.add_argument("--force", action="store_true", help="replace a non-empty OUTDIR")
 
     convert = sub.add_parser("convert", help="import another project's checkpoint as a bundle")
     convert_sub = convert.add_subparsers(dest="format", metavar="FORMAT", required=True)
@@ -227,11 +240,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command is None:
         parser.print_help()
         return 2
+    _stop_on_sigterm()
     try:
         commands = {
             "separate": _separate,
             "init-model": _init_model,
             "models": _models,
+            "pack": _pack,
             "demo": _demo,
             "convert": _convert,
             "train": _train,
@@ -252,6 +267,25 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("querysep: interrupted", file=sys.stderr)
         return 130
+    except _Terminated:
+        print("querysep: terminated", file=sys.stderr)
+        return 143
+
+
+class _Terminated(BaseException):
+    """SIGTERM, raised in the main thread so that every `finally` and cleanup handler runs
+    (temporary files are removed) the way they do for Ctrl-C."""
+
+
+def _stop_on_sigterm() -> None:
+    import signal
+    import threading
+
+    def stop(signum: int, frame: object) -> None:
+        raise _Terminated
+
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGTERM, stop)
 
 
 def _separate(args: argparse.Namespace) -> int:
@@ -321,19 +355,34 @@ def _init_model(args: argparse.Namespace) -> int:
 def _models(args: argparse.Namespace) -> int:
     from querysep import pretrained
 
+    if args.fetch:
+        if pretrained.lookup(args.fetch) is None:
+            raise QuerysepError(
+                f"unknown model {args.fetch!r} (known: {', '.join(pretrained.names())})"
+            )
+        print(f"{args.fetch}: {pretrained.materialize(args.fetch)}")
+        return 0
     names = pretrained.names()
     if not names:
         print("no named models registered yet; use a bundle directory with --model")
     for name in names:
         entry = pretrained.lookup(name)
         assert entry is not None
-        mark = " (default)" if name == pretrained.DEFAULT_MODEL else ""
-        cached = " [cached]" if (pretrained.bundle_dir(name) / "config.json").is_file() else ""
-        print(f"{name}{mark}{cached}: {entry.description}\n    licence: {entry.license}")
+        mark = {
+            pretrained.DEFAULT_MODEL: " (default)",
+            pretrained.OFFLINE_MODEL: " (default offline)",
+        }.get(name, "")
+        where = " [packaged]" if entry.packaged else ""
+        where = where or (" [cached]" if pretrained.is_cached(name) else "")
+        print(f"{name}{mark}{where}: {entry.description}\n    licence: {entry.license}")
         if args.verbose:
             for source in entry.sources:
                 print(f"    source: {source.url}")
-            print(f"    cache: {pretrained.bundle_dir(name)}")
+            if not entry.packaged:
+                print(f"    cache: {pretrained.bundle_dir(name)}")
+            known = pretrained.sounds(name)
+            if known:
+                print(f"    sounds ({len(known)}): {', '.join(known)}")
     return 0
 
 
@@ -358,10 +407,6 @@ def _convert(args: argparse.Namespace) -> int:
         f"wrote {args.outdir}: use it with `querysep separate IN.wav QUERY --model {args.outdir}`"
     )
     return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())
 
 
 def _demo(args: argparse.Namespace) -> int:
@@ -454,6 +499,27 @@ def _train_clap(args: argparse.Namespace) -> int:
     return 0
 
 
+def _pack(args: argparse.Namespace) -> int:
+    import json
+
+    from querysep import pretrained
+    from querysep.files import holds
+
+    if holds(args.outdir, args.bundle):
+        raise QuerysepError(f"{args.outdir} holds the bundle {args.bundle}: pick another folder")
+    _refuse_nonempty(args.outdir, args.force)
+    sounds = None
+    if args.sounds:
+        try:
+            sounds = json.loads(args.sounds.read_text(encoding="utf-8"))
+        except (OSError, ValueError) as exc:
+            raise QuerysepError(f"cannot read {args.sounds}: {first_line(exc)}") from None
+    out = pretrained.pack(args.bundle, args.outdir, sounds=sounds)
+    size = sum(p.stat().st_size for p in out.rglob("*") if p.is_file())
+    print(f"packed {args.bundle} into {out} ({size / 1e6:.1f} MB)")
+    return 0
+
+
 def _refuse_nonempty(folder: Path, force: bool) -> None:
     if folder.exists() and any(folder.iterdir()) and not force:
         raise QuerysepError(f"{folder} is not empty: pass --force to replace it")
@@ -492,3 +558,7 @@ def _data(args: argparse.Namespace) -> int:
     from querysep.data.cli import run_data
 
     return run_data(args)
+
+
+if __name__ == "__main__":  # last, so every command's function exists when main() runs
+    sys.exit(main())

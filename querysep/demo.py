@@ -109,16 +109,18 @@ class ModelChoice:
 def model_choices(models: list[str] | None = None) -> list[ModelChoice]:
     """The models given (the first is the default), then the registry's, without repeats.
 
-    With none given the registry default comes first. A bundle directory is labelled by its
-    folder name, so server paths stay out of the page and the API.
+    With none given the default comes first (querysep-mini on a machine that cannot have
+    audiosep-base). A bundle directory is labelled by its folder name, so server paths stay out
+    of the page and the API.
     """
     from querysep import pretrained
 
     given = [str(m) for m in models or []]
     registry = pretrained.names()
-    if not given and pretrained.DEFAULT_MODEL in registry:
-        registry.remove(pretrained.DEFAULT_MODEL)
-        registry.insert(0, pretrained.DEFAULT_MODEL)
+    default = pretrained.default_model() if not given and pretrained.DEFAULT_MODEL else None
+    if default in registry:
+        registry.remove(default)
+        registry.insert(0, default)
     choices: list[ModelChoice] = []
     for spec in dict.fromkeys(given + registry):
         path = Path(spec).expanduser()
@@ -151,6 +153,15 @@ def split_queries(text: str | None) -> list[str]:
     return [p for p in parts if p]
 
 
+def limit_text(field: str, text: str | None) -> str:
+    """Every text a request carries is held to one length, before any work is done on it."""
+    if text is not None and not isinstance(text, str):
+        raise QueryError(f"{field} must be text")
+    if len(text or "") > MAX_QUERY_CHARS:
+        raise QueryError(f"{field} is longer than {MAX_QUERY_CHARS} characters")
+    return text or ""
+
+
 def build_queries(
     text: str | None,
     example: str | None = None,
@@ -163,8 +174,7 @@ def build_queries(
     without text). Instruction phrases set each query's mode ("remove the dog"); the "remove"
     toggle turns every query into a removal.
     """
-    if len(text or "") > MAX_QUERY_CHARS:
-        raise QueryError(f"the query text is longer than {MAX_QUERY_CHARS} characters")
+    limit_text("the query", text)
     if mode not in (None, *MODES):
         raise QueryError(f"mode must be 'extract' or 'remove', not {mode!r}")
     texts = split_queries(text)
@@ -437,6 +447,7 @@ class DemoHandler:
         if r.example:
             self._check_audio(r.example, "the example clip")
         weight = 0.5 if r.example_weight is None else r.example_weight
+        negative = limit_text("the negative query", r.negative).strip() or None
         queries = build_queries(r.query, r.example, weight, r.mode or "extract")
         if len(queries) > self.limits.max_queries:
             raise QueryError(
@@ -454,7 +465,7 @@ class DemoHandler:
             audio=str(r.audio),
             queries=tuple(queries),
             model=choice.spec,
-            negative=(r.negative or "").strip() or None,
+            negative=negative,
             chunk_seconds=r.chunk_seconds or None,
             sampling=options,
             time_limit=self.limits.time_limit,
@@ -513,12 +524,16 @@ def output_folder() -> Path:
     Gradio serves files from there without copying them and deletes them with its other
     temporary files. A folder per request also keeps concurrent requests apart: Gradio's own
     saving of returned arrays names files by content and rewrites them in place, so two
-    requests with identical pictures could serve each other a half-written file.
+    requests with identical pictures could serve each other a half-written file. The folder is
+    private to the server's user (0700), as Gradio keeps uploads: on a shared machine other
+    users cannot read anyone's results.
     """
     from gradio.utils import get_upload_folder
 
     folder = Path(get_upload_folder()) / "querysep" / uuid.uuid4().hex
-    folder.mkdir(parents=True)
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    folder.mkdir(mode=0o700)
+    os.chmod(folder, 0o700)  # whatever the umask
     return folder
 
 

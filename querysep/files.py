@@ -18,10 +18,50 @@ def _umask() -> int:
 
 def publish(tmp: str | Path, path: str | Path) -> None:
     """Renames a finished temporary file or folder into place with the permissions a normal
-    create would give (mkstemp / mkdtemp make them private to the owner)."""
-    mode = 0o777 if Path(tmp).is_dir() else 0o666
-    os.chmod(tmp, mode & ~_umask())
+    create would give (mkstemp / mkdtemp, and libraries that save through them, make files
+    private to the owner): a folder's whole tree gets them, so other users can read a bundle."""
+    umask = _umask()
+    if Path(tmp).is_dir():
+        for root, dirs, files in os.walk(tmp):
+            for name in dirs:
+                os.chmod(os.path.join(root, name), 0o777 & ~umask)
+            for name in files:
+                os.chmod(os.path.join(root, name), 0o666 & ~umask)
+    os.chmod(tmp, (0o777 if Path(tmp).is_dir() else 0o666) & ~umask)
     os.replace(tmp, path)
+
+
+#: Free bytes under which a failed write is put down to a full disk (libsndfile reports
+#: ENOSPC as a bare "System error.").
+_NEARLY_FULL = 1 << 20
+
+
+def write_error_message(path: str | Path, exc: BaseException) -> str:
+    """One line for a write that failed, naming the folder and the reason a user can act on:
+    the disk is full, permission is denied, the name is too long."""
+    import errno
+    import shutil
+
+    folder = Path(path).parent
+    code = getattr(exc, "errno", None)
+    try:
+        full = shutil.disk_usage(folder).free < _NEARLY_FULL
+    except OSError:
+        full = False
+    if code in (errno.ENOSPC, errno.EDQUOT) or full:
+        return (
+            f"no space left to write {Path(path).name} in {folder}: free some space or pick "
+            "another folder"
+        )
+    if code in (errno.EACCES, errno.EPERM, errno.EROFS):
+        return f"cannot write to {folder}: permission denied (or a read-only file system)"
+    if code == errno.ENAMETOOLONG:
+        return f"cannot write {Path(path).name[:40]}... in {folder}: the file name is too long"
+    text = str(exc).strip()
+    reason = getattr(exc, "strerror", None) or (
+        text.splitlines()[0] if text else type(exc).__name__
+    )
+    return f"cannot write {Path(path).name} in {folder}: {reason}"
 
 
 def atomic_write(path: Path, writer: Callable[[Path], Any]) -> None:

@@ -1,19 +1,29 @@
 """Registry of named models: what `model=None` and `--model NAME` resolve to.
 
-An entry knows where its weights come from and how to turn them into a bundle in the local
-cache (`$QUERYSEP_CACHE`, else `$XDG_CACHE_HOME/querysep`, else `~/.cache/querysep`). The first
-use downloads through huggingface_hub (with its progress bar), converts once and keeps the
-bundle; later uses, and offline runs, read the cached bundle.
+Two kinds of entry. A packaged model (`querysep-mini`) ships inside the wheel: no download,
+its files checked against the bundle's `SHA256SUMS` on load. A downloaded model
+(`audiosep-base`) knows where its weights come from and how to turn them into a bundle in the
+local cache (`$QUERYSEP_CACHE`, else `$XDG_CACHE_HOME/querysep`, else `~/.cache/querysep`): the
+first use downloads through huggingface_hub (with its progress bar), converts once and keeps
+the bundle; later uses, and offline runs, read the cached bundle.
+
+`model=None` means the best model this machine can have: audiosep-base when it is cached or the
+Hub answers, else querysep-mini, with one line on stderr saying so.
 """
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
+import sys
 import tempfile
+import threading
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from urllib.parse import urlparse
 
 from querysep.errors import ModelLoadError, first_line
 
@@ -45,12 +55,22 @@ class PretrainedEntry:
     #: Builds (downloading and converting if needed) the bundle directory and returns it.
     materialize: Callable[[Path], Path]
     sources: tuple[HubFile, ...] = field(default=())
+    #: Ships inside the package: nothing to download, usable offline on a fresh machine.
+    packaged: bool = False
 
 
 _REGISTRY: dict[str, PretrainedEntry] = {}
-#: The model used when none is named: AudioSep's published weights until querysep's own
-#: models are trained and published.
+#: The model used when none is named and it is cached or downloadable.
 DEFAULT_MODEL: str | None = "audiosep-base"
+#: What `model=None` falls back to offline: it ships inside the package.
+OFFLINE_MODEL = "querysep-mini"
+#: Models that ship as package data, one bundle folder each.
+PACKAGED_DIR = Path(__file__).resolve().parent / "weights"
+SUMS_NAME = "SHA256SUMS"
+SOUNDS_NAME = "sounds.json"
+#: Seconds to wait for the Hub before taking it as unreachable (huggingface_hub's own retries
+#: take about 28 s to give up).
+HUB_PROBE_TIMEOUT = 3.0
 
 
 def register(entry: PretrainedEntry) -> None:
@@ -73,12 +93,77 @@ def bundle_dir(name: str) -> Path:
 
 
 def default_model() -> str:
+    """The registry default when this machine can have it (cached, or the Hub answers within
+    `HUB_PROBE_TIMEOUT`), else the packaged offline model, said in one line on stderr."""
     if DEFAULT_MODEL is None:
         raise ModelLoadError(
             "no default pretrained model is available: pass a bundle with model=... "
             "(CLI: --model PATH); make one with `querysep init-model CONFIG OUTDIR`"
         )
-    return DEFAULT_MODEL
+    if is_cached(DEFAULT_MODEL) or OFFLINE_MODEL not in _REGISTRY:
+        return DEFAULT_MODEL
+    reachable, why = hub_reachable()
+    if reachable:
+        return DEFAULT_MODEL
+    if not _FALLBACK_SAID:  # once per process, not once per call
+        _FALLBACK_SAID.append(why)
+        print(
+            f"querysep: using the bundled {OFFLINE_MODEL} ({why}; {DEFAULT_MODEL} is not "
+            f"cached). For the larger model run `querysep models --fetch {DEFAULT_MODEL}` "
+            "once online.",
+            file=sys.stderr,
+        )
+    return OFFLINE_MODEL
+
+
+_FALLBACK_SAID: list[str] = []
+_PROBED: dict[str, tuple[float, bool, str]] = {}
+#: A probe's answer is reused this long: a process separating many files probes once.
+HUB_PROBE_TTL = 300.0
+
+
+def is_cached(name: str) -> bool:
+    entry = _REGISTRY.get(name)
+    return entry is not None and (entry.packaged or (bundle_dir(name) / "config.json").is_file())
+
+
+def hub_reachable(timeout: float = HUB_PROBE_TIMEOUT) -> tuple[bool, str]:
+    """(whether the Hub answers a HEAD request, why not): offline settings answer at once, a
+    dead or filtered network within `timeout`, instead of huggingface_hub's ~28 s of retries.
+    A bare TCP connection proves little (transparent proxies accept any)."""
+    from huggingface_hub import constants
+
+    if constants.HF_HUB_OFFLINE:
+        return False, "HF_HUB_OFFLINE is set"
+    url = urlparse(constants.ENDPOINT)
+    host = url.hostname or "huggingface.co"
+    seen = _PROBED.get(host)
+    if seen is not None and time.monotonic() - seen[0] < HUB_PROBE_TTL:
+        return seen[1], seen[2]
+    answer = (False, f"the Hugging Face Hub ({host}) did not answer within {timeout:g} s")
+
+    def probe() -> None:  # in a thread: a hanging DNS lookup ignores socket timeouts
+        nonlocal answer
+        import urllib.error
+        import urllib.request
+
+        request = urllib.request.Request(constants.ENDPOINT, method="HEAD")
+        try:
+            with urllib.request.urlopen(request, timeout=timeout) as response:
+                ok, why = 200 <= response.status < 400, f"HTTP {response.status}"
+        except urllib.error.HTTPError as exc:  # a proxy's refusal is not the Hub
+            ok, why = False, f"HTTP {exc.code}"
+        except (OSError, ValueError) as exc:
+            ok, why = False, first_line(getattr(exc, "reason", None) or exc)
+        answer = (
+            (True, "") if ok else (False, f"the Hugging Face Hub ({host}) is unreachable: {why}")
+        )
+
+    thread = threading.Thread(target=probe, daemon=True)
+    thread.start()
+    thread.join(timeout)
+    _PROBED[host] = (time.monotonic(), *answer)
+    return answer
 
 
 def lookup(name: str) -> PretrainedEntry | None:
@@ -88,6 +173,81 @@ def lookup(name: str) -> PretrainedEntry | None:
 def materialize(name: str) -> Path:
     entry = _REGISTRY[name]
     return entry.materialize(bundle_dir(name))
+
+
+def sounds(name: str) -> dict[str, dict]:
+    """The sounds a packaged model was trained on: label -> {group, captions}; {} if unknown."""
+    entry = _REGISTRY.get(name)
+    if entry is None or not entry.packaged:
+        return {}
+    try:
+        return json.loads((PACKAGED_DIR / name / SOUNDS_NAME).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return {}
+
+
+# -- packaged models ---------------------------------------------------------------------------
+def verify_packaged(directory: Path) -> Path:
+    """`directory` when every file in it is listed in its SHA256SUMS with the right hash."""
+    from querysep.files import sha256_file
+
+    sums = directory / SUMS_NAME
+    try:
+        lines = sums.read_text(encoding="utf-8").splitlines()
+    except OSError as exc:
+        raise ModelLoadError(
+            f"the packaged model in {directory} is incomplete ({SUMS_NAME}: "
+            f"{exc.strerror or exc}): reinstall querysep"
+        ) from None
+    expected = {}
+    for line in lines:
+        digest, _, name = line.strip().partition("  ")
+        if digest:
+            expected[name] = digest
+    present = {
+        p.relative_to(directory).as_posix()
+        for p in directory.rglob("*")
+        if p.is_file() and p.name != SUMS_NAME and "__pycache__" not in p.parts
+    }
+    for name in sorted(present | set(expected)):
+        if name not in expected:
+            raise ModelLoadError(f"the packaged model in {directory} has an unlisted file {name}")
+        if name not in present:
+            raise ModelLoadError(
+                f"the packaged model in {directory} lacks {name}: reinstall querysep"
+            )
+        if sha256_file(directory / name) != expected[name]:
+            raise ModelLoadError(
+                f"{directory / name} does not match its sha256 in {SUMS_NAME} (damaged or "
+                "altered): reinstall querysep"
+            )
+    return directory
+
+
+def write_sums(directory: Path) -> Path:
+    """Lists every file of a bundle with its sha256: what `verify_packaged` checks."""
+    from querysep.files import atomic_write, sha256_file
+
+    files = sorted(
+        p.relative_to(directory).as_posix()
+        for p in directory.rglob("*")
+        if p.is_file() and p.name != SUMS_NAME
+    )
+    text = "".join(f"{sha256_file(directory / f)}  {f}\n" for f in files)
+    atomic_write(directory / SUMS_NAME, lambda p: p.write_text(text, encoding="utf-8"))
+    return directory / SUMS_NAME
+
+
+def _register_packaged(name: str, description: str, license: str) -> None:
+    register(
+        PretrainedEntry(
+            name=name,
+            description=description,
+            license=license,
+            materialize=lambda _cache: verify_packaged(PACKAGED_DIR / name),
+            packaged=True,
+        )
+    )
 
 
 # -- downloading -------------------------------------------------------------------------------
@@ -185,3 +345,44 @@ register(
         sources=(AUDIOSEP_CHECKPOINT, *ROBERTA_FILES),
     )
 )
+
+# -- querysep-mini -----------------------------------------------------------------------------
+_register_packaged(
+    OFFLINE_MODEL,
+    "querysep's own small band-split separator + fitted tiny CLAP, 16 kHz, trained on a 2-core "
+    "CPU on 42 classes of real and made sounds (instruments, drums, speech, animals, "
+    "procedural); ships inside the package, works offline",
+    "MIT (querysep weights); trained on MIT (FluidR3_GM) and CC0 sounds",
+)
+
+
+def pack(bundle: str | Path, out: str | Path, *, sounds: dict | None = None) -> Path:
+    """A trained bundle -> a packaged model folder: separator weights stored as fp16 (loading
+    casts them back to the model's dtype), the query encoder as is, `sounds.json` (what it was
+    trained on) and `SHA256SUMS`. Written beside `out` and moved into place whole."""
+    import torch
+    from safetensors.torch import load_file, save_file
+
+    from querysep.files import atomic_dir
+
+    bundle, out = Path(bundle), Path(out)
+    if not (bundle / "config.json").is_file():
+        raise ModelLoadError(f"{bundle} is not a querysep bundle: config.json is missing")
+
+    def write(tmp: str) -> None:
+        shutil.copytree(bundle, tmp, dirs_exist_ok=True, ignore=shutil.ignore_patterns(".*"))
+        weights = Path(tmp) / "model.safetensors"
+        state = {
+            k: v.half() if v.is_floating_point() else v
+            for k, v in load_file(str(bundle / "model.safetensors")).items()
+        }
+        if any(not torch.isfinite(v).all() for v in state.values()):
+            raise ModelLoadError(f"{bundle}: weights overflow fp16")
+        save_file(state, str(weights), metadata={"format": "pt", "stored": "fp16"})
+        if sounds:
+            text = json.dumps(sounds, indent=2, ensure_ascii=False) + "\n"
+            (Path(tmp) / SOUNDS_NAME).write_text(text, encoding="utf-8")
+        write_sums(Path(tmp))
+
+    atomic_dir(out, write)
+    return out

@@ -31,9 +31,9 @@ from querysep.config import (
     normalize_config,
     validate_inference,
 )
-from querysep.errors import ModelLoadError, QueryError, QuerysepError, first_line
+from querysep.errors import ConfigError, ModelLoadError, QueryError, QuerysepError, first_line
 from querysep.files import atomic_dir, atomic_write
-from querysep.models import SeparatorModel, build_model
+from querysep.models import SeparatorModel, build_model, family_class
 from querysep.query import ClapQueryEncoder, Query, as_queries
 from querysep.query.parse import slug
 from querysep.runtime import resolve_device, resolve_dtype
@@ -73,6 +73,8 @@ class SeparationResult:
         """Writes `<stem>_<query-slug>.<format>` and `..._residual.<format>` atomically."""
         stem = stem or self.stem
         target_path, residual_path = output_paths(directory, stem, self.query, format)
+        for path in (target_path, residual_path):
+            qaudio.refuse_overwrite(path, self.query.files)
         qaudio.save(target_path, self.target, self.sample_rate, subtype=subtype)
         qaudio.save(residual_path, self.residual, self.sample_rate, subtype=subtype)
         return target_path, residual_path
@@ -153,12 +155,13 @@ class Separator:
             "sample_rate": cfg["sample_rate"],
             "query_dim": cfg["query_encoder"]["dim"],
         }
+        _check_against_weights(cfg["family"], model_cfg, directory / WEIGHTS_NAME)
         model = build_model(cfg["family"], model_cfg)
         _load_weights(model, directory / WEIGHTS_NAME)
         qe_spec = cfg["query_encoder"]
         encoder = None
         if qe_spec.get("path"):
-            encoder = ClapQueryEncoder.from_pretrained(directory / qe_spec["path"])
+            encoder = ClapQueryEncoder.from_pretrained(_inside(directory, qe_spec["path"]))
         sep = cls(model, cfg, encoder)
         return sep.to(device, dtype)
 
@@ -426,26 +429,38 @@ class Separator:
         stem = stem or Path(input_path).stem
         paths = [output_paths(output_dir, stem, q, format) for q in queries]
         _check_unique(paths)
+        inputs = [Path(input_path), *(f for q in queries for f in q.files)]
         for pair in paths:
             for p in pair:
-                qaudio.refuse_overwrite(p, [Path(input_path)])
-        with ExitStack() as stack:
-            writers = [
-                tuple(
-                    stack.enter_context(
-                        qaudio.AudioWriter(p, source.sample_rate, source.channels, subtype=subtype)
-                    )
-                    for p in pair
+                qaudio.refuse_overwrite(p, inputs)
+        writers = [
+            tuple(
+                qaudio.AudioWriter(
+                    p, source.sample_rate, source.channels, subtype=subtype, deferred=True
                 )
-                for pair in paths
-            ]
+                for p in pair
+            )
+            for pair in paths
+        ]
+        flat = [w for pair in writers for w in pair]
 
-            def write(k: int, target: np.ndarray, residual: np.ndarray) -> None:
-                t, r = _orient(queries[k], target, residual)
-                writers[k][0].write(t)
-                writers[k][1].write(r)
+        def write(k: int, target: np.ndarray, residual: np.ndarray) -> None:
+            t, r = _orient(queries[k], target, residual)
+            writers[k][0].write(t)
+            writers[k][1].write(r)
 
-            self._run(source, queries, write, chunk_seconds, overlap, batch_size, progress, options)
+        try:
+            with ExitStack() as stack:
+                for writer in flat:
+                    stack.enter_context(writer)
+                self._run(
+                    source, queries, write, chunk_seconds, overlap, batch_size, progress, options
+                )
+        except BaseException:  # a writer that closed cleanly still holds a temporary file
+            for writer in flat:
+                writer.discard()
+            raise
+        qaudio.publish_together(flat)  # every file is complete: all appear, or none does
         return paths
 
     def _run(
@@ -621,6 +636,22 @@ def _locate_bundle(name: str, revision: str | None) -> Path:
     return Path(local)
 
 
+def _inside(directory: Path, relative: Any) -> Path:
+    """`directory / relative`, refused unless it stays inside the bundle: a bundle from the Hub
+    must not load whatever sits at an absolute path or a `..` of the machine it lands on."""
+    if not isinstance(relative, str) or Path(relative).is_absolute():
+        raise ModelLoadError(
+            f"{directory / CONFIG_NAME}: query_encoder.path must be a folder inside the bundle, "
+            f"got {relative!r}"
+        )
+    path = (directory / relative).resolve()
+    if not path.is_relative_to(directory.resolve()):
+        raise ModelLoadError(
+            f"{directory / CONFIG_NAME}: query_encoder.path {relative!r} points outside the bundle"
+        )
+    return path
+
+
 def _read_bundle_config(directory: Path) -> dict[str, Any]:
     path = directory / CONFIG_NAME
     if not path.is_file():
@@ -646,6 +677,41 @@ def _refuse_pickles(directory: Path) -> None:
             f"(they can run code); convert them to {WEIGHTS_NAME}"
         )
     raise ModelLoadError(f"{directory}: {WEIGHTS_NAME} is missing")
+
+
+def _check_against_weights(family: str, model_cfg: dict[str, Any], path: Path) -> None:
+    """Builds the model on the meta device (no memory) and compares its tensors with the
+    weights file's header, so a config asking for a 4 TB model is refused before anything is
+    allocated: bundles come from the Hub and are not trusted."""
+    from safetensors import SafetensorError, safe_open
+
+    try:
+        with safe_open(str(path), "pt") as f:
+            stored = {k: tuple(f.get_slice(k).get_shape()) for k in f.keys()}  # noqa: SIM118
+    except (SafetensorError, OSError, ValueError) as exc:
+        raise ModelLoadError(f"cannot read weights {path}: {first_line(exc)}") from None
+    if not family_class(family).builds_offline(model_cfg):  # a hub VAE: fetched once, not twice
+        return
+    try:
+        with torch.device("meta"):
+            probe = build_model(family, model_cfg)
+    except ConfigError:
+        raise
+    except Exception:  # a family that cannot be built on meta: load_state_dict still checks
+        return
+    expected = {k: tuple(v.shape) for k, v in probe.state_dict().items()}
+    problems = [f"missing {k}" for k in expected if k not in stored]
+    problems += [f"unexpected {k}" for k in stored if k not in expected]
+    problems += [
+        f"{k} is {list(stored[k])} in the file, {list(shape)} by the config"
+        for k, shape in expected.items()
+        if k in stored and stored[k] != shape
+    ]
+    if problems:
+        more = f" (+{len(problems) - 3} more)" if len(problems) > 3 else ""
+        raise ModelLoadError(
+            f"weights in {path} do not match the config: {'; '.join(problems[:3])}{more}"
+        )
 
 
 def _load_weights(model: SeparatorModel, path: Path) -> None:

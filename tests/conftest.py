@@ -99,8 +99,11 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def start_demo(bundle: Path, workdir: Path, limits: dict[str, str]) -> DemoServer:
-    """Launches `python -m querysep demo --model BUNDLE` as a user would and waits for it."""
+def start_demo(
+    bundle: Path | None, workdir: Path, limits: dict[str, str], env: dict[str, str] | None = None
+) -> DemoServer:
+    """Launches `python -m querysep demo --model BUNDLE` (no --model for None: the default
+    model) as a user would and waits for it."""
     port = free_port()
     env = {
         **os.environ,
@@ -108,11 +111,13 @@ def start_demo(bundle: Path, workdir: Path, limits: dict[str, str]) -> DemoServe
         "GRADIO_ANALYTICS_ENABLED": "False",
         "GRADIO_TEMP_DIR": str(workdir / "gradio"),
         **{f"QUERYSEP_DEMO_{k}": v for k, v in limits.items()},
+        **(env or {}),
     }
     log = workdir / "server.log"
+    model = ["--model", str(bundle)] if bundle else []
     with open(log, "wb") as out:
         process = subprocess.Popen(
-            [sys.executable, "-m", "querysep", "demo", "--model", str(bundle), "--port", str(port)],
+            [sys.executable, "-m", "querysep", "demo", *model, "--port", str(port)],
             stdout=out, stderr=subprocess.STDOUT, env=env, cwd=workdir,
         )  # fmt: skip
     server = DemoServer(f"http://127.0.0.1:{port}/", process, log)

@@ -86,6 +86,10 @@ def test_dtypes_layouts_and_tensors() -> None:
     assert audio.to_array(np.zeros((2, 1000)), 8000).shape == (2, 1000)
     t = audio.to_array(torch.ones(3, 50, dtype=torch.bfloat16), 8000)
     assert t.shape == (3, 50) and t.dtype == np.float32 and np.all(t == 1)
+    with pytest.raises(AudioError, match="meta device"):
+        audio.to_array(torch.zeros(100, device="meta"), 8000)
+    with pytest.raises(AudioError, match="real-valued"):
+        audio.to_array(torch.zeros(100, dtype=torch.complex64), 8000)
 
 
 ROUND_TRIPS = [(".wav", None, 0.0), (".wav", "PCM_16", 2 / 32768), (".flac", None, 2 / 2**23),
@@ -168,3 +172,27 @@ def test_stream_resampler_matches_one_shot(orig: int, target: int, channels: int
         streamed = np.concatenate(parts, axis=1)
         assert streamed.shape == whole.shape
         assert np.max(np.abs(streamed - whole)) < 1e-4
+
+
+def test_deferred_writers_publish_together_or_not_at_all(tmp_path: Path, monkeypatch) -> None:
+    import errno
+
+    from querysep import files
+
+    writers = [audio.AudioWriter(tmp_path / f"{n}.wav", 8000, 1, deferred=True) for n in "ab"]
+    for w in writers:
+        with w:
+            w.write(np.zeros((1, 800), np.float32))
+    assert sorted(p.name for p in tmp_path.iterdir() if not p.name.startswith(".")) == []
+    real, calls = files.publish, []
+
+    def second_fails(tmp, path):
+        calls.append(path)
+        if len(calls) == 2:
+            raise OSError(errno.ENOSPC, "No space left on device")
+        real(tmp, path)
+
+    monkeypatch.setattr(files, "publish", second_fails)
+    with pytest.raises(AudioError, match=r"no space left to write b\.wav"):
+        audio.publish_together(writers)
+    assert list(tmp_path.iterdir()) == []  # a.wav taken back, no temporary files left

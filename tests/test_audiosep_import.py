@@ -299,14 +299,13 @@ def test_convert_refuses_unsafe_targets(audiosep_checkpoint, tmp_path) -> None:
 
 
 # -- the registry -------------------------------------------------------------------------------
-def test_default_model_is_audiosep_and_offline_error_says_what_to_fetch(
-    tmp_path, monkeypatch
-) -> None:
+def test_audiosep_offline_error_says_what_to_fetch(tmp_path, monkeypatch) -> None:
     monkeypatch.setenv("QUERYSEP_CACHE", str(tmp_path / "cache"))
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    assert pretrained.default_model() == "audiosep-base"
+    assert pretrained.DEFAULT_MODEL == "audiosep-base"
+    assert pretrained.default_model() == "querysep-mini"  # neither cached nor downloadable
     with pytest.raises(ModelLoadError) as err:
-        separate(tone(440, 0.5, 32000), "dog", sample_rate=32000)
+        separate(tone(440, 0.5, 32000), "dog", sample_rate=32000, model="audiosep-base")
     message = str(err.value)
     assert "\n" not in message
     assert pretrained.AUDIOSEP_CHECKPOINT.url in message
@@ -338,6 +337,7 @@ def test_first_use_downloads_converts_and_caches(
 
     monkeypatch.setattr(huggingface_hub, "hf_hub_download", fake_hub_download)
     monkeypatch.setattr(pretrained, "_hub_sha256", lambda file: None)
+    monkeypatch.setattr(pretrained, "hub_reachable", lambda timeout=None: (True, ""))
     audio = tone(440, 0.7, 32000)
     first = separate(audio, "dog barking", sample_rate=32000, device="cpu")
     assert sorted(calls) == sorted(

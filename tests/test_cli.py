@@ -130,17 +130,15 @@ def test_bad_arguments(bundle: Path, tmp_path: Path, args: list[str], message: s
     assert len(out.stderr.strip().splitlines()) == 1 and message in out.stderr, out.stderr
 
 
-def test_default_model_offline_says_what_to_download(tmp_path: Path) -> None:
+def test_named_default_offline_says_what_to_download(tmp_path: Path) -> None:
     src = tmp_path / "in.wav"
     sf.write(src, tone(440, 0.5, 16000).T, 16000)
     env = {**ENV, "QUERYSEP_CACHE": str(tmp_path / "cache")}
     out = subprocess.run(
-        [sys.executable, "-m", "querysep", "separate", str(src), "dog", "-o", str(tmp_path / "o")],
-        capture_output=True,
-        text=True,
-        env=env,
-        timeout=120,
-    )
+        [sys.executable, "-m", "querysep", "separate", str(src), "dog", "--model",
+         "audiosep-base", "-o", str(tmp_path / "o")],
+        capture_output=True, text=True, env=env, timeout=120,
+    )  # fmt: skip
     assert out.returncode == 1 and len(out.stderr.strip().splitlines()) == 1
     assert "audiosep_base_4M_steps.ckpt" in out.stderr and "--model" in out.stderr
     assert not (tmp_path / "o").exists()
@@ -190,3 +188,98 @@ def test_peak_memory_does_not_grow_with_input_length(bundle: Path, tmp_path: Pat
         peaks[seconds] = int(out.stdout.split("PEAK")[-1]) / 1024  # MiB
     # 300 s of stereo float32 alone is 100 MiB: growth must stay far below that
     assert peaks[300] - peaks[15] < 40, peaks
+
+
+def test_cli_module_runs_as_a_script() -> None:
+    """`python -m querysep.cli` (not only `python -m querysep`) reaches every command."""
+    out = subprocess.run(
+        [sys.executable, "-m", "querysep.cli", "models"],
+        capture_output=True, text=True, env=ENV, timeout=60,
+    )  # fmt: skip
+    assert out.returncode == 0, out.stderr
+    assert "audiosep-base (default)" in out.stdout
+
+
+def test_query_audio_is_an_input_too(bundle: Path, tmp_path: Path) -> None:
+    """An output named like the example clip must not replace it (inputs are never written)."""
+    src, out_dir = tmp_path / "good.wav", tmp_path / "runs"
+    sf.write(src, tone(440, 0.5, 16000).T, 16000)
+    out_dir.mkdir()
+    example = out_dir / "good_foo.wav"
+    sf.write(example, tone(660, 0.5, 16000).T, 16000)
+    before = example.read_bytes()
+    out = run("separate", str(src), "--query-audio", str(example), "-q", "foo",
+              "--model", str(bundle), "-o", str(out_dir))  # fmt: skip
+    assert out.returncode == 1 and "refusing to overwrite the input" in out.stderr, out.stderr
+    assert example.read_bytes() == before
+    assert sorted(p.name for p in out_dir.iterdir()) == ["good_foo.wav"]
+
+
+def test_sigterm_leaves_no_temporary_files(bundle: Path, tmp_path: Path) -> None:
+    """Schedulers stop jobs with SIGTERM: it cleans up like Ctrl-C, exit status 143."""
+    import signal
+    import time
+
+    src, out_dir = tmp_path / "long.wav", tmp_path / "o"
+    sf.write(src, tone(440, 240.0, 16000).T, 16000)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "querysep", "separate", str(src), "dog", "--model", str(bundle),
+         "-o", str(out_dir)],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=ENV,
+    )  # fmt: skip
+    deadline = time.monotonic() + 120
+    while not list(out_dir.glob(".*.tmp")) and time.monotonic() < deadline:
+        assert proc.poll() is None, proc.communicate()
+        time.sleep(0.05)
+    assert list(out_dir.glob(".*.tmp")), "no output was being written"
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 143 and "terminated" in err, err
+    assert list(out_dir.iterdir()) == []  # no partial outputs, no temporary files
+
+
+def test_a_full_disk_is_one_line_naming_the_folder(bundle: Path, tmp_path: Path) -> None:
+    """A real full file system (a 64 KiB tmpfs, mounted as root): one line, no partial files."""
+    import os
+
+    if os.geteuid() != 0:
+        pytest.skip("mounting a small tmpfs needs root (CI runs as root)")
+    out_dir = tmp_path / "full"
+    out_dir.mkdir()
+    mount = ["mount", "-t", "tmpfs", "-o", "size=64k", "tmpfs", str(out_dir)]
+    if subprocess.run(mount, capture_output=True).returncode != 0:
+        pytest.skip("this sandbox does not allow mounting a tmpfs")
+    try:
+        src = tmp_path / "in.wav"
+        sf.write(src, tone(440, 5.0, 16000).T, 16000)
+        out = run("separate", str(src), "dog", "--model", str(bundle), "-o", str(out_dir))
+        assert out.returncode == 1
+        lines = out.stderr.strip().splitlines()
+        assert len(lines) == 1 and "no space left" in lines[0] and str(out_dir) in lines[0], lines
+        assert list(out_dir.iterdir()) == []
+    finally:
+        subprocess.run(["umount", str(out_dir)], capture_output=True)
+
+
+def test_write_errors_map_to_one_line(tmp_path: Path, monkeypatch) -> None:
+    import errno
+
+    from querysep import audio
+    from querysep.errors import AudioError
+    from querysep.files import write_error_message
+
+    path = tmp_path / "o" / "x.wav"
+    assert "permission denied" in write_error_message(path, PermissionError(errno.EACCES, "no"))
+    long = OSError(errno.ENAMETOOLONG, "File name too long")
+    assert "the file name is too long" in write_error_message(path, long)
+
+    def failing_write(self, data):  # libsndfile reports ENOSPC as "System error."
+        raise sf.LibsndfileError(2, "System error.")
+
+    monkeypatch.setattr(sf.SoundFile, "write", failing_write)
+    monkeypatch.setattr(
+        "shutil.disk_usage", lambda p: type("U", (), {"free": 0, "total": 1, "used": 1})()
+    )
+    with pytest.raises(AudioError, match=r"no space left to write x\.wav in .*/o"):
+        audio.save(path, tone(440, 0.1, 16000), 16000)
+    assert list((tmp_path / "o").iterdir()) == []

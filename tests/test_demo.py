@@ -10,6 +10,7 @@ rate, target + residual == mixture, remove mode swaps the two, and the files hol
 from __future__ import annotations
 
 import json
+import os
 import re
 import sys
 import time
@@ -84,8 +85,8 @@ def test_model_choices_and_limits(tiny_bundle: Path, tmp_path: Path) -> None:
     twin.mkdir()
     labels = [c.label for c in model_choices([str(tiny_bundle), str(twin)])]
     assert labels[:2] == [tiny_bundle.name, str(twin)]  # same folder name: the path tells apart
-    if pretrained.DEFAULT_MODEL:
-        assert model_choices(None)[0].label == pretrained.DEFAULT_MODEL
+    # offline with an empty cache the packaged model comes first
+    assert model_choices(None)[0].label == pretrained.default_model() == "querysep-mini"
 
     env = {"QUERYSEP_DEMO_MAX_SECONDS": "20", "QUERYSEP_DEMO_QUEUE_SIZE": " ", "OTHER": "1"}
     assert limits_from_env(env) == {"max_seconds": 20.0}
@@ -314,7 +315,10 @@ def test_bad_requests_get_one_line_messages(
         (mixture, "dog", {"model": "audiosep-base"}, r"audiosep-base is not in the cache"),
         (mixture, "dog", {"example": long}, r"^the example clip is 25\.0 s long"),
         (mixture, "dog", {"chunk_seconds": 0.001}, r"(?i)chunk|at least|minimum"),
-    ]
+        (mixture, "x" * 2001, {}, r"^the query is longer than 2000 characters$"),
+        (mixture, "dog", {"negative": "dog barking loudly " * 150_000},
+         r"^the negative query is longer than 2000 characters$"),
+    ]  # fmt: skip
     for audio, query, extra, message in cases:
         with pytest.raises(AppError, match=message) as info:
             separate(demo_server, audio, query, **extra)
@@ -410,3 +414,23 @@ def test_a_full_queue_turns_requests_away(
     served = [o for o in outcomes if o.startswith("120.0 s of audio")]
     refused = [o for o in outcomes if o == "Queue is full! Please try again."]
     assert served and refused and len(served) + len(refused) == 5, outcomes
+
+
+def test_results_are_private_to_the_server_user(monkeypatch, tmp_path: Path) -> None:
+    """Uploads are private (0600); results get a 0700 folder, so no other user reads them."""
+    import stat
+
+    from querysep.demo import output_folder, write_results
+    from querysep.separator import SeparationResult
+
+    monkeypatch.setenv("GRADIO_TEMP_DIR", str(tmp_path / "gradio"))
+    old = os.umask(0o022)
+    try:
+        folder = output_folder()
+        x = tone(440, 0.2, RATE)
+        result = SeparationResult(x, x * 0, RATE, Query.from_text("dog"), "mix")
+        ((target, residual),) = write_results([result], "mix", folder)
+    finally:
+        os.umask(old)
+    assert stat.S_IMODE(folder.stat().st_mode) == 0o700
+    assert Path(target).parent == folder and Path(residual).is_file()

@@ -41,7 +41,11 @@ def test_but_not_becomes_a_negative() -> None:
     assert q.positives == ("birds",) and q.negatives == ("crows",)
 
 
-@pytest.mark.parametrize("text", ["", "   ", "\n\t", "remove the", "extract", "...!"])
+@pytest.mark.parametrize(
+    "text",
+    ["", "   ", "\n\t", "remove the", "extract", "...!", "extract everything except",
+     "remove all but not"],
+)  # fmt: skip
 def test_empty_queries_are_clear_errors(text: str) -> None:
     with pytest.raises(QueryError):
         Query.from_text(text)
@@ -59,6 +63,12 @@ def test_query_make_mixes_text_and_audio_with_weights() -> None:
         Query.make(["extract the dog", "remove the cat"])
     with pytest.raises(QueryError):
         Query(("dog",), weights=(0.0,))
+    with pytest.raises(QueryError, match="weights must be numbers"):
+        Query.make("dog", weights=("1",))
+    with pytest.raises(QueryError, match="got int"):
+        Query.make(3)
+    alone = Query.make(AudioQuery("dog.wav"))  # an example passed positionally
+    assert alone.positives == (AudioQuery("dog.wav"),) and alone.files[0].name == "dog.wav"
 
 
 def test_as_queries_list_and_single() -> None:
@@ -92,7 +102,22 @@ def test_text_embeddings_normalised_and_cached(encoder: ClapQueryEncoder) -> Non
     # a cached embedding is returned as is, not recomputed
     encoder._text_cache["a dog barking"] = torch.full((16,), 0.25)
     assert torch.equal(encoder.embed_text(["a dog barking"])[0], torch.full((16,), 0.25))
-    encoder._text_cache.clear()
+    encoder.clear_cache()
+
+
+def test_text_cache_is_bounded_in_bytes(encoder: ClapQueryEncoder, monkeypatch) -> None:
+    """A public server fed long, distinct texts keeps a bounded cache."""
+    from querysep.query import clap
+
+    long = "dog barking loudly " * 100  # longer than CLAP reads: embedded, not kept
+    assert encoder.embed_text([long]).shape == (1, 16) and long not in encoder._text_cache
+    monkeypatch.setattr(clap, "CACHE_BYTES", 2000)
+    texts = [f"sound number {i} " * 8 for i in range(12)]
+    encoder.embed_text(texts)
+    assert 0 < len(encoder._text_cache) < 12 and encoder._cached_bytes <= 2000
+    assert texts[-1] in encoder._text_cache and texts[0] not in encoder._text_cache  # LRU order
+    encoder.clear_cache()
+    assert encoder._cached_bytes == 0
 
 
 def test_text_embedding_independent_of_batch(encoder: ClapQueryEncoder) -> None:

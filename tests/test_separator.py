@@ -178,7 +178,7 @@ def test_module_level_separate_and_default_model(tiny_bundle: Path) -> None:
     )
     assert res.target.shape == (1, 8000)
     with pytest.raises(ModelLoadError, match=r"audiosep-base is not in the cache.*--model"):
-        separate(tone(440, 0.5, 16000), "dog", sample_rate=16000)  # offline, empty cache
+        separate(tone(440, 0.5, 16000), "dog", sample_rate=16000, model="audiosep-base")
 
 
 def test_loading_errors(tiny_bundle: Path, tmp_path: Path) -> None:
@@ -202,6 +202,19 @@ def test_loading_errors(tiny_bundle: Path, tmp_path: Path) -> None:
     (wrong / "config.json").write_text(json.dumps(cfg))
     with pytest.raises(ModelLoadError, match="do not"):
         Separator.from_pretrained(wrong)
+    # a bundle only reads its own files: no absolute path, no way out through ".."
+    elsewhere = tmp_path / "elsewhere"
+    shutil.copytree(tiny_bundle, elsewhere)
+    for bad, message in (
+        (str(elsewhere / "query_encoder"), "must be a folder inside the bundle"),
+        ("../elsewhere/query_encoder", "points outside the bundle"),
+        (7, "must be a folder inside the bundle"),
+    ):
+        cfg = json.loads((tiny_bundle / "config.json").read_text())
+        cfg["query_encoder"]["path"] = bad
+        (wrong / "config.json").write_text(json.dumps(cfg))
+        with pytest.raises(ModelLoadError, match=message):
+            Separator.from_pretrained(wrong)
 
 
 @pytest.mark.parametrize("rate", [16000, 32000, 48000])
@@ -306,3 +319,49 @@ def test_outputs_get_normal_permissions(tiny_separator: Separator, tmp_path: Pat
     assert stat.S_IMODE(target.stat().st_mode) == 0o644  # not mkstemp's private 0600
     assert stat.S_IMODE((tmp_path / "bundle" / "model.safetensors").stat().st_mode) == 0o644
     assert stat.S_IMODE((tmp_path / "bundle" / "query_encoder").stat().st_mode) == 0o755
+
+
+def test_saved_bundles_are_readable_by_other_users(tiny_bundle: Path, tmp_path: Path) -> None:
+    import os
+    import stat
+
+    old = os.umask(0o022)
+    try:
+        Separator.from_pretrained(tiny_bundle, device="cpu").save_pretrained(tmp_path / "b")
+    finally:
+        os.umask(old)
+    for path in (tmp_path / "b").rglob("*"):
+        mode = stat.S_IMODE(path.stat().st_mode)
+        assert mode & 0o044 == 0o044, f"{path.relative_to(tmp_path)} is {oct(mode)}"
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        ({"ff_mult": 1_000_000_000}, "do not match the config"),
+        ({"depth": 3000, "dim": 256}, "do not match the config"),
+        ({"n_fft": 2**31}, "n_fft must be at most"),
+        ({"bands": {"scale": "mel", "num_bands": 100_000}}, "num_bands must be in"),
+        ({"bands": {"scale": "mel", "num_bands": 1e5}}, "num_bands must be a whole number"),
+    ],
+)
+def test_hostile_bundle_configs_are_refused_before_allocating(
+    tiny_bundle: Path, tmp_path: Path, change: dict, message: str
+) -> None:
+    """A bundle's config is checked against its weights file's header (a model built on the
+    meta device) before any real tensor exists: no 4 TB request, no traceback."""
+    import resource
+    import time
+
+    bad = tmp_path / "bad"
+    shutil.copytree(tiny_bundle, bad)
+    cfg = json.loads((bad / "config.json").read_text())
+    cfg["model"].update(change)
+    (bad / "config.json").write_text(json.dumps(cfg))
+    before, started = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss, time.monotonic()
+    with pytest.raises(ModelLoadError, match=message) as err:
+        Separator.from_pretrained(bad, device="cpu")
+    assert "\n" not in str(err.value)
+    assert time.monotonic() - started < 30
+    grown_mib = (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before) / 1024
+    assert grown_mib < 300, f"peak RSS grew by {grown_mib:.0f} MiB"

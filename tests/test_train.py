@@ -150,6 +150,13 @@ def test_losses_reward_better_estimates() -> None:
     assert all(torch.isfinite(v) for v in both.values())
     with pytest.raises(ConfigError, match="unknown loss"):
         losses.SeparationLoss({"l2": 1})
+    # a shallower floor for absent targets: silence earns -15 dB, not -30
+    shallow = losses.SeparationLoss({"l1_snr": 1, "silent_floor_db": -15})
+    quiet_part = shallow(silent, silent, mix)["l1_snr"]
+    assert quiet_part.item() == pytest.approx(-15, abs=1e-3)
+    for bad_floor in (0, 3, "deep", True):
+        with pytest.raises(ConfigError, match="silent_floor_db"):
+            losses.SeparationLoss({"l1_snr": 1, "silent_floor_db": bad_floor})
 
 
 def test_mixing_is_deterministic_and_respects_the_config(corpus: dict[str, Path]) -> None:
@@ -190,6 +197,15 @@ def test_mixing_is_deterministic_and_respects_the_config(corpus: dict[str, Path]
     assert any(it["negative"] for it in items)
     with pytest.raises(ConfigError):
         MixingConfig.from_dict({"interferers": [0, 1]})
+    # the curriculum: no absent targets before item `absent_from`, the same draws otherwise
+    late = MixingDataset(manifest, replace(cfg, absent_from=20), length=40, seed=3)
+    late_items = [late[i] for i in range(40)]
+    assert not any(it["absent"] for it in late_items[:20])
+    assert [it["absent"] for it in late_items[20:]] == [it["absent"] for it in items[20:]]
+    assert any(it["absent"] for it in late_items[20:])
+    assert late_items[5]["caption"] == items[5]["caption"]
+    with pytest.raises(ConfigError, match="absent_from"):
+        MixingConfig.from_dict({"absent_from": -1})
     with pytest.raises(Exception, match="at least two"):
         MixingDataset(Manifest(manifest.entries[:1], manifest.root), cfg, length=1)
 
@@ -353,6 +369,19 @@ def test_bad_training_configs(tmp_path: Path) -> None:
         load_train_config(cfg, ["train.mixed_precision=fp32"])
     with pytest.raises(ConfigError, match="not a config key"):
         load_train_config(cfg, ["train.max_stepz=7"])
+    assert load_train_config(cfg, ["optim.lr=1e-3"])["optim"]["lr"] == 1e-3  # YAML text: a number
+    bad_numbers = [
+        ("train.max_steps=abc", "train.max_steps must be a whole number, got 'abc'"),
+        ("train.max_steps=1.5", "train.max_steps must be a whole number"),
+        ("train.batch_size=0", r"train.batch_size must be > 0, got 0"),
+        ("optim.lr=-1", r"optim.lr must be > 0"),
+        ("optim.lr=.nan", "optim.lr must be a finite number"),
+        ("optim.warmup_steps=-5", r"optim.warmup_steps must be >= 0"),
+        ("train.clip.percentile=high", "train.clip.percentile must be a finite number"),
+    ]
+    for override, message in bad_numbers:
+        with pytest.raises(ConfigError, match=message):
+            load_train_config(cfg, [override])
     cfg.write_text(yaml.safe_dump({"data": {"train": "x.jsonl"}, "optimiser": {}}))
     with pytest.raises(ConfigError, match="unknown key 'optimiser'"):
         load_train_config(cfg)

@@ -40,6 +40,10 @@ class MixingConfig:
     negative_share: float = 0.0
     #: Share of items whose target is absent from the mixture (ground truth: silence).
     absent_share: float = 0.0
+    #: Item index from which absent targets appear (items are drawn in order, so with batch B
+    #: this is step x B): a curriculum. A model that meets silent targets from its first step
+    #: can settle on returning silence for every query before it learns to separate.
+    absent_from: int = 0
     #: Decoded clips kept per worker; small corpora fit entirely.
     cache_clips: int = 512
     extra: dict[str, Any] = field(default_factory=dict)
@@ -59,6 +63,14 @@ class MixingConfig:
         for name in ("audio_query_share", "negative_share", "absent_share"):
             if not 0 <= getattr(cfg, name) <= 1:
                 raise ConfigError(f"mixing.{name} must be in [0, 1]")
+        if (
+            isinstance(cfg.absent_from, bool)
+            or not isinstance(cfg.absent_from, int)
+            or (cfg.absent_from < 0)
+        ):
+            raise ConfigError(
+                f"mixing.absent_from must be a whole number >= 0, got {cfg.absent_from!r}"
+            )
         if cfg.channels not in (1, 2):
             raise ConfigError("mixing.channels must be 1 or 2")
         if cfg.match not in ("energy", "lufs"):
@@ -97,13 +109,13 @@ class MixingDataset(Dataset):
         for attempt in range(20):
             rng = np.random.default_rng([self.seed, int(index), attempt])
             try:
-                return self._draw(rng)
+                return self._draw(rng, int(index))
             except _Unusable as exc:
                 if exc.first_time:
                     warnings.warn(f"skipping an unusable clip: {exc}", stacklevel=2)
         raise DataError("20 draws in a row hit unusable clips: run `querysep data check`")
 
-    def _draw(self, rng: np.random.Generator) -> dict[str, Any]:
+    def _draw(self, rng: np.random.Generator, index: int = 0) -> dict[str, Any]:
         cfg = self.config
         entries = self.manifest.entries
         t_idx = int(rng.integers(len(entries)))
@@ -112,7 +124,10 @@ class MixingDataset(Dataset):
         count = int(rng.integers(cfg.interferers[0], cfg.interferers[1] + 1))
         others = [self._pick_interferer(target_entry, rng) for _ in range(count)]
         crops = [(e, self._crop(e, rng)) for e in others]
-        return assemble(cfg, rng, target_entry, target, crops, lambda: self._example_of(t_idx, rng))
+        example = lambda: self._example_of(t_idx, rng)  # noqa: E731
+        return assemble(
+            cfg, rng, target_entry, target, crops, example, absent_ok=index >= cfg.absent_from
+        )
 
     # -- helpers ----------------------------------------------------------------------------
     def _pick_interferer(self, target: Entry, rng: np.random.Generator) -> Entry:
@@ -173,6 +188,7 @@ def assemble(
     target: np.ndarray,
     interferers: list[tuple[Entry, np.ndarray]],
     example: Callable[[], np.ndarray],
+    absent_ok: bool = True,
 ) -> dict[str, Any]:
     """One training item from a target crop and interferer crops (shared by the manifest and
     the shard-streaming datasets, so both make the same kind of mixture)."""
@@ -184,7 +200,7 @@ def assemble(
         noise = _scale_to_loudness_gap(target, noise, snr, cfg.sample_rate)
     else:
         noise = _scale_to_snr(target, noise, snr)
-    absent = rng.random() < cfg.absent_share
+    absent = rng.random() < cfg.absent_share and absent_ok  # same draws either way
     if absent:
         target = np.zeros_like(target)
     mixture = target + noise

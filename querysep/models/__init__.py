@@ -20,13 +20,17 @@ def families() -> list[str]:
     return sorted(_FAMILIES)
 
 
-def build_model(family: str, config: dict[str, Any]) -> SeparatorModel:
+def family_class(family: str) -> type[SeparatorModel]:
     _load_builtin()
     if family not in _FAMILIES:
         raise ConfigError(
             f"unknown model family {family!r} (known: {', '.join(sorted(_FAMILIES))})"
         )
-    return _FAMILIES[family](config)
+    return _FAMILIES[family]
+
+
+def build_model(family: str, config: dict[str, Any]) -> SeparatorModel:
+    return family_class(family)(config)
 
 
 def _load_builtin() -> None:
@@ -35,4 +39,4 @@ def _load_builtin() -> None:
     from querysep.models import bandsplit, flow, resunet  # noqa: F401
 
 
-__all__ = ["SeparatorModel", "build_model", "families", "register_family"]
+__all__ = ["SeparatorModel", "build_model", "families", "family_class", "register_family"]

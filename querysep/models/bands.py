@@ -16,6 +16,8 @@ from torch import Tensor
 
 from querysep.errors import ConfigError
 
+MAX_BANDS = 1024
+
 
 def hz_to_mel(f: Tensor) -> Tensor:
     return 2595.0 * torch.log10(1.0 + f / 700.0)
@@ -41,9 +43,15 @@ def band_weights(sample_rate: int, n_fft: int, spec: dict[str, Any]) -> Tensor:
     freqs = torch.linspace(0, sample_rate / 2, n_fft // 2 + 1, dtype=torch.float64)
     scale = spec.get("scale", "mel")
     if scale in _SCALES:
-        weights = _triangular(freqs, int(spec.get("num_bands", 48)), *_SCALES[scale])
+        count = spec.get("num_bands", 48)
+        if isinstance(count, bool) or not isinstance(count, int):
+            raise ConfigError(f"num_bands must be a whole number, got {count!r}")
+        weights = _triangular(freqs, count, *_SCALES[scale])
     elif scale == "edges":
-        weights = _disjoint(freqs, [float(e) for e in spec.get("edges_hz", [])])
+        edges = spec.get("edges_hz", [])
+        if not isinstance(edges, list) or len(edges) > MAX_BANDS:
+            raise ConfigError(f"edges_hz must be a list of at most {MAX_BANDS} frequencies")
+        weights = _disjoint(freqs, [float(e) for e in edges])
     else:
         raise ConfigError(f"unknown band scale {scale!r} (use mel, erb or edges)")
     weights = weights[weights.sum(dim=1) > 0]  # bands that caught no bin at this resolution
@@ -52,8 +60,8 @@ def band_weights(sample_rate: int, n_fft: int, spec: dict[str, Any]) -> Tensor:
 
 
 def _triangular(freqs: Tensor, num_bands: int, to_scale: Any, from_scale: Any) -> Tensor:
-    if num_bands < 1:
-        raise ConfigError(f"num_bands must be positive, got {num_bands}")
+    if not 1 <= num_bands <= MAX_BANDS:
+        raise ConfigError(f"num_bands must be in 1..{MAX_BANDS}, got {num_bands}")
     top = to_scale(freqs[-1])
     points = torch.linspace(0, float(top), num_bands + 2, dtype=torch.float64)
     x = to_scale(freqs)

@@ -23,6 +23,9 @@ from querysep.models.base import SeparatorModel
 from querysep.nn import FiLM
 from querysep.nn.rope import Rotary, rotate
 
+#: Bounds on what a config may ask for before anything is built (bundles are untrusted).
+MAX_N_FFT = 1 << 16
+
 DEFAULTS: dict[str, Any] = {
     "n_fft": 2048,
     "hop_length": 512,
@@ -166,8 +169,9 @@ class BandSplitSeparator(SeparatorModel):
         self._validate(c)
         self.accepts_negative = bool(c["negative"])
         self.stft = STFT(c["n_fft"], c["hop_length"])
-        weights = band_weights(self.sample_rate, c["n_fft"], c["bands"])
-        bins = band_bins(weights)
+        with torch.device("cpu"):  # computed tables, real even when the model is built on meta
+            weights = band_weights(self.sample_rate, c["n_fft"], c["bands"])
+            bins = band_bins(weights)
         dim, depth = c["dim"], c["depth"]
         block = lambda: DualPathBlock(dim, c["heads"], c["dim_head"], c["ff_mult"], c["dropout"])  # noqa: E731
         self.band_split = BandSplit(bins, dim)
@@ -200,6 +204,8 @@ class BandSplitSeparator(SeparatorModel):
         ):
             if not isinstance(c[key], int) or c[key] < 1:
                 raise ConfigError(f"bandsplit: {key} must be a positive integer, got {c[key]!r}")
+        if c["n_fft"] > MAX_N_FFT:
+            raise ConfigError(f"bandsplit: n_fft must be at most {MAX_N_FFT}, got {c['n_fft']}")
         if c["hop_length"] > c["n_fft"]:
             raise ConfigError("bandsplit: hop_length must not exceed n_fft")
         if c["dim_head"] % 2:

@@ -37,6 +37,12 @@ class SeparatorModel(nn.Module):
                 f"{self.family} config needs integer sample_rate and query_dim ({exc})"
             ) from None
 
+    @classmethod
+    def builds_offline(cls, config: dict[str, Any]) -> bool:
+        """Whether building from `config` reads nothing from outside (no hub weights), so it
+        can be built a second time on the meta device to check a bundle before allocating."""
+        return True
+
     def merge_defaults(self, config: dict[str, Any], defaults: dict[str, Any]) -> dict[str, Any]:
         """The family's hyper-parameters with defaults filled in; a misspelt key is an error,
         not something silently ignored."""

@@ -83,6 +83,12 @@ class FlowSeparator(SeparatorModel):
     """Query-conditioned rectified-flow separator in a frozen autoencoder's latent space."""
 
     family = "flow"
+
+    @classmethod
+    def builds_offline(cls, config: dict[str, Any]) -> bool:
+        autoencoder = config.get("autoencoder")
+        return not (isinstance(autoencoder, dict) and autoencoder.get("hub_id"))
+
     accepts_negative = True
     sampling_options = ("steps", "guidance", "shift", "generator")
 

@@ -37,6 +37,16 @@ def _fixed_numpy_seed(seed: int) -> Iterator[None]:
         np.random.set_state(state)
 
 
+#: Bounds on the text-embedding cache: entries of longer texts are not kept, and the whole
+#: cache (texts at 4 bytes a character, embeddings) stays under CACHE_BYTES.
+MAX_CACHED_CHARS = 1024
+CACHE_BYTES = 16 << 20
+
+
+def _entry_bytes(text: str, emb: Tensor) -> int:
+    return len(text) * 4 + emb.numel() * emb.element_size()
+
+
 class ClapQueryEncoder:
     """Wraps `transformers.ClapModel` and its processor; caches text embeddings by string."""
 
@@ -48,6 +58,7 @@ class ClapQueryEncoder:
         self.source = source
         self.cache_size = cache_size
         self._text_cache: OrderedDict[str, Tensor] = OrderedDict()
+        self._cached_bytes = 0
         text_cfg = model.config.text_config
         self.max_text_tokens = min(MAX_TEXT_TOKENS, int(text_cfg.max_position_embeddings) - 2)
 
@@ -120,13 +131,15 @@ class ClapQueryEncoder:
         for t in texts:
             if not isinstance(t, str) or not t.strip():
                 raise QueryError("text queries must be non-empty strings")
-        missing = list(dict.fromkeys(t for t in texts if t not in self._text_cache))
+        found = {t: self._text_cache[t] for t in texts if t in self._text_cache}
+        for t in found:
+            self._text_cache.move_to_end(t)
+        missing = [t for t in dict.fromkeys(texts) if t not in found]
         if missing:
             for text, emb in zip(missing, self._encode_text(missing), strict=True):
+                found[text] = emb
                 self._remember(text, emb)
-        for t in texts:
-            self._text_cache.move_to_end(t)
-        return torch.stack([self._text_cache[t] for t in texts])
+        return torch.stack([found[t] for t in texts])
 
     def _encode_text(self, texts: list[str]) -> Tensor:
         tokenizer = self.processor.tokenizer
@@ -168,10 +181,22 @@ class ClapQueryEncoder:
             inputs["is_longer"] = feats["is_longer"].to(self.device)
         return inputs
 
+    def clear_cache(self) -> None:
+        """Forgets cached text embeddings (after the weights change)."""
+        self._text_cache.clear()
+        self._cached_bytes = 0
+
     def _remember(self, text: str, emb: Tensor) -> None:
+        """Caches by count and by bytes (keys included): a server fed long, distinct texts
+        keeps a bounded cache. Texts longer than CLAP can read are not cached at all."""
+        if len(text) > MAX_CACHED_CHARS:
+            return
         self._text_cache[text] = emb
-        while len(self._text_cache) > self.cache_size:
+        while len(self._text_cache) > self.cache_size or self._cache_bytes() > CACHE_BYTES:
             self._text_cache.popitem(last=False)
+
+    def _cache_bytes(self) -> int:
+        return sum(len(t) * 4 + e.numel() * e.element_size() for t, e in self._text_cache.items())
 
     @torch.inference_mode()
     def embed_audio(self, waveforms: Sequence[Any] | np.ndarray, sample_rate: int) -> Tensor:

@@ -45,6 +45,10 @@ _NOT_A_SOUND = {
 }  # fmt: skip
 
 
+#: Words that join sounds but name none ("extract everything except" names nothing).
+_LINKS = {"except", "but", "not", "without", "and", "or", "of"}
+
+
 def _clean(text: str) -> str:
     return re.sub(r"\s+", " ", text).strip().strip(".!?;:,").strip()
 
@@ -71,7 +75,7 @@ def parse_instruction(text: str) -> tuple[Mode, str, str | None]:
     match = _BUT_NOT.fullmatch(body)
     if match:
         body, negative = _clean(match["x"]), _clean(match["neg"]) or None
-    if not body or body.lower() in _NOT_A_SOUND:
+    if not body or all(w in _NOT_A_SOUND | _LINKS for w in body.lower().split()):
         raise QueryError(f"the query {text.strip()!r} names no sound after its verb")
     return mode, body, negative
 
@@ -107,10 +111,22 @@ class Query:
     label: str = ""
     meta: dict[str, Any] = field(default_factory=dict, compare=False, hash=False)
 
+    @property
+    def files(self) -> tuple[Path, ...]:
+        """The audio examples it reads from disk: inputs, never to be overwritten."""
+        parts = self.positives + self.negatives
+        return tuple(
+            Path(p.audio)
+            for p in parts
+            if isinstance(p, AudioQuery) and isinstance(p.audio, str | Path)
+        )
+
     def __post_init__(self) -> None:
         if not self.positives:
             raise QueryError("a query needs at least one text or audio part")
         weights = self.weights or (1.0,) * len(self.positives)
+        if any(isinstance(w, bool) or not isinstance(w, int | float) for w in weights):
+            raise QueryError(f"query weights must be numbers, got {weights}")
         if len(weights) != len(self.positives):
             raise QueryError(f"{len(self.positives)} query parts but {len(weights)} weights")
         if any(not (w >= 0) for w in weights) or sum(weights) <= 0:
@@ -147,7 +163,16 @@ class Query:
         negatives: list[QueryPart] = []
         modes: set[str] = set()
         labels: list[str] = []
-        for t in [text] if isinstance(text, str) else list(text or []):
+        if text is not None and not isinstance(text, str | AudioQuery | list | tuple):
+            raise QueryError(f"a query is text or an AudioQuery, got {type(text).__name__}")
+        items = [text] if isinstance(text, str | AudioQuery) else list(text or [])
+        for t in items:
+            if isinstance(t, AudioQuery):  # Query.make(AudioQuery(...)) positionally
+                parts.append(t)
+                labels.append(t.describe())
+                continue
+            if not isinstance(t, str):
+                raise QueryError(f"a query part is text or an AudioQuery, got {type(t).__name__}")
             parsed = cls.from_text(t)
             parts.extend(parsed.positives)
             negatives.extend(parsed.negatives)

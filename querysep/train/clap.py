@@ -123,7 +123,7 @@ def fit_clap(
                     on_step(step + 1, losses[-1])
         finally:
             model.eval().requires_grad_(False)
-            encoder._text_cache.clear()  # embeddings of the old weights
+            encoder.clear_cache()  # embeddings of the old weights
     return losses
 
 

@@ -2,12 +2,15 @@
 
 L1-SNR (10 log10 of the L1 error over the reference's L1 norm) is scale-aware like SNR but keeps
 useful gradients on quiet targets. For "absent target" examples (a silent reference) that ratio
-is undefined, so the estimate is measured against the mixture instead, with a -30 dB floor: the
-model is pushed towards silence on the same dB scale, without one item swamping the batch.
+is undefined, so the estimate is measured against the mixture instead, down to a floor (-30 dB
+by default; `loss.silent_floor_db` in a training config): the model is pushed towards silence
+on the same dB scale. With many absent items, a shallower floor (-15 dB, querysep-mini's recipe)
+keeps "return silence for every query" from being the cheapest answer early in training.
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping
 
 import torch
@@ -22,7 +25,12 @@ EPS = 1e-8
 SILENT_FLOOR = 1e-3  # -30 dB: how quiet an estimate of an absent target needs to get
 
 
-def l1_snr(estimate: Tensor, reference: Tensor, mixture: Tensor | None = None) -> Tensor:
+def l1_snr(
+    estimate: Tensor,
+    reference: Tensor,
+    mixture: Tensor | None = None,
+    silent_floor: float = SILENT_FLOOR,
+) -> Tensor:
     """Mean over items of 10 log10(|s - s_hat|_1 / |s|_1), [B, ...] inputs.
 
     Items whose reference is silent score 10 log10(|s_hat|_1 / |x|_1 + floor) against the
@@ -35,7 +43,7 @@ def l1_snr(estimate: Tensor, reference: Tensor, mixture: Tensor | None = None) -
         silent = ref <= EPS * reference[0].numel()
         if silent.any():
             mix = mixture.abs().flatten(1).sum(-1)
-            quiet = 10 * torch.log10(err / (mix + EPS) + SILENT_FLOOR)
+            quiet = 10 * torch.log10(err / (mix + EPS) + silent_floor)
             per_item = torch.where(silent, quiet, per_item)
     return per_item.mean()
 
@@ -80,9 +88,20 @@ class SeparationLoss(nn.Module):
         resolutions: tuple[tuple[int, int], ...] = ((512, 128), (1024, 256), (2048, 512)),
     ) -> None:
         super().__init__()
+        weights = dict(weights)
+        floor_db = weights.pop("silent_floor_db", 10 * math.log10(SILENT_FLOOR))
+        if isinstance(floor_db, bool) or not isinstance(floor_db, int | float) or floor_db >= 0:
+            raise ConfigError(f"loss.silent_floor_db must be a negative number, got {floor_db!r}")
+        #: How far below the mixture an absent target's estimate is rewarded for going (L1, dB).
+        #: A deep floor lets the silent items' log-gradient outweigh everything else early in
+        #: training, and the model learns to return silence for every query.
+        self.silent_floor = 10 ** (floor_db / 10)
         unknown = set(weights) - set(self.NAMES)
         if unknown:
-            raise ConfigError(f"unknown loss terms {sorted(unknown)}; known: {list(self.NAMES)}")
+            raise ConfigError(
+                f"unknown loss terms {sorted(unknown)}; known: {list(self.NAMES)} "
+                "(and silent_floor_db)"
+            )
         self.weights = {k: float(v) for k, v in weights.items() if float(v) != 0}
         if not self.weights:
             raise ConfigError("the loss needs at least one non-zero weight")
@@ -100,7 +119,7 @@ class SeparationLoss(nn.Module):
         parts: dict[str, Tensor] = {}
         for name in self.weights:
             if name == "l1_snr":
-                parts[name] = l1_snr(estimate, reference, mixture)
+                parts[name] = l1_snr(estimate, reference, mixture, self.silent_floor)
             elif not keep.any():
                 parts[name] = estimate.new_zeros(())
             elif name == "spec_l1_snr":

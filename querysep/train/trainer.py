@@ -104,6 +104,7 @@ def load_train_config(path: str | Path | None, overrides: list[str] | None = Non
         raise ConfigError("data needs exactly one of train: MANIFEST or shards: URLS")
     if cfg["train"]["clip"]["mode"] not in ("fixed", "autoclip", "none"):
         raise ConfigError("train.clip.mode must be fixed, autoclip or none")
+    _check_numbers(cfg)
     precision = cfg["train"]["mixed_precision"]
     if precision is False:  # YAML 1.1 reads an unquoted `no` as false
         cfg["train"]["mixed_precision"] = precision = "no"
@@ -112,6 +113,33 @@ def load_train_config(path: str | Path | None, overrides: list[str] | None = Non
             f"train.mixed_precision is one of {', '.join(PRECISIONS)}, got {precision!r}"
         )
     return cfg
+
+
+#: Numbers that must be > 0 (the rest of the numeric keys must be >= 0).
+_POSITIVE = {"optim.lr", "train.max_steps", "train.batch_size", "train.grad_accum",
+             "train.log_every", "train.valid_every", "train.save_every", "data.valid_items",
+             "data.pool_size"}  # fmt: skip
+
+
+def _check_numbers(cfg: dict, defaults: dict = DEFAULTS, where: str = "") -> None:
+    """Every key whose default is a number holds a number of that kind, in range: a bad
+    `--set train.max_steps=abc` is one line here, not a traceback at step 0."""
+    for key, default in defaults.items():
+        name, value = f"{where}{key}", cfg.get(key)
+        if isinstance(default, dict) and isinstance(value, dict) and key not in ("mixing", "loss"):
+            _check_numbers(value, default, f"{name}.")
+        elif isinstance(default, (int, float)) and not isinstance(default, bool):
+            whole = isinstance(default, int)
+            if isinstance(value, str):  # PyYAML reads 1e-3 (no dot) as text
+                with contextlib.suppress(ValueError):
+                    value = cfg[key] = float(value) if not whole else int(value)
+            kind = (int,) if whole else (int, float)
+            if isinstance(value, bool) or not isinstance(value, kind) or not math.isfinite(value):
+                noun = "a whole number" if whole else "a finite number"
+                raise ConfigError(f"{name} must be {noun}, got {value!r}")
+            if value < 0 or (name in _POSITIVE and value <= 0):
+                bound = "> 0" if name in _POSITIVE else ">= 0"
+                raise ConfigError(f"{name} must be {bound}, got {value!r}")
 
 
 def _merge(defaults: dict, raw: Any, where: str) -> dict:

@@ -1,0 +1,214 @@
+"""querysep-mini, the model inside the package: it loads offline, its files are checked, it is
+the offline default, and it really separates held-out sounds (quality, not only plumbing).
+
+The mixtures in tests/data/mini are made from the corpus's test split (`bench/mini.py
+--fixtures`): their sources were never seen in training.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from querysep import audio, metrics, pretrained
+from querysep.errors import ModelLoadError
+from querysep.separator import Separator, separate
+
+from .conftest import DATA, ROOT
+
+MINI = DATA / "mini"
+ITEMS = json.loads((MINI / "items.json").read_text(encoding="utf-8"))
+ENV = {"HF_HUB_OFFLINE": "1", "PATH": "/usr/bin:/bin", "PYTHONPATH": str(ROOT)}
+
+
+@pytest.fixture(scope="module")
+def mini() -> Separator:
+    return Separator.from_pretrained("querysep-mini", device="cpu")
+
+
+def _item(item: dict) -> tuple[np.ndarray, np.ndarray, int]:
+    mixture, rate = audio.load(MINI / item["mixture"])
+    target = audio.load(MINI / item["target"])[0] if item.get("target") else None
+    return mixture, target, rate
+
+
+def test_separates_held_out_mixtures_and_follows_the_query(mini: Separator) -> None:
+    """Over the shipped held-out mixtures, the right caption gets the sound back and another
+    class's caption does not. Thresholds are regression guards a little under what the shipped
+    model measures (4.27 dB and 1.43 dB here; bench/README.md has the full benchmark); the
+    quality targets of issue 13 (9 dB mean SDRi) are not reached yet."""
+    right, other = [], []
+    for item in (i for i in ITEMS if i.get("target")):
+        mixture, target, rate = _item(item)
+        results = mini.separate(mixture, [item["query"], item["other_query"]], sample_rate=rate)
+        right.append(float(metrics.sdr_improvement(results[0].target, target, mixture).mean()))
+        other.append(float(metrics.sdr_improvement(results[1].target, target, mixture).mean()))
+    assert len(right) >= 15
+    assert np.mean(right) >= 3.5, f"mean SDRi {np.mean(right):.2f} dB"
+    assert np.mean(right) - np.mean(other) >= 2.0, (np.mean(right), np.mean(other))
+    assert max(right) >= 9.0  # where it works, it really separates
+
+
+def test_absent_targets_are_turned_down(mini: Separator) -> None:
+    """A query for a sound that is not there gets a quieter output (median -10 dB of the
+    mixture measured; the issue's target, <= -15 dB for 90 % of items, is not reached yet)."""
+    ratios = []
+    for item in (i for i in ITEMS if not i.get("target")):
+        mixture, _, rate = _item(item)
+        out = mini.separate(mixture, item["query"], sample_rate=rate)
+        ratios.append(10 * np.log10(np.sum(out.target**2) / np.sum(mixture**2) + 1e-12))
+    assert len(ratios) >= 5 and np.median(ratios) <= -6.0, ratios
+
+
+def test_packaged_bundle_is_small_listed_and_knows_its_sounds() -> None:
+    folder = pretrained.PACKAGED_DIR / "querysep-mini"
+    files = [p for p in folder.rglob("*") if p.is_file()]
+    assert sum(p.stat().st_size for p in files) <= 20 * 2**20
+    assert pretrained.verify_packaged(folder) == folder
+    sounds = pretrained.sounds("querysep-mini")
+    assert len(sounds) >= 40 and {"piano", "dog", "woman_speaking", "drum_kit"} <= set(sounds)
+    groups = {v["group"] for v in sounds.values()}
+    assert groups == {"instruments", "drums", "speech", "animals", "procedural"}
+
+
+def test_damaged_or_extra_files_are_refused(tmp_path: Path, monkeypatch) -> None:
+    original, copy = (
+        pretrained.PACKAGED_DIR / "querysep-mini",
+        tmp_path / "weights" / "querysep-mini",
+    )
+    shutil.copytree(original, copy)
+    monkeypatch.setattr(pretrained, "PACKAGED_DIR", tmp_path / "weights")
+    weights = copy / "model.safetensors"
+    data = bytearray(weights.read_bytes())
+    data[-1] ^= 0xFF
+    weights.write_bytes(bytes(data))
+    with pytest.raises(ModelLoadError, match=r"model.safetensors does not match its sha256"):
+        Separator.from_pretrained("querysep-mini", device="cpu")
+    shutil.copy(original / "model.safetensors", weights)
+    Separator.from_pretrained("querysep-mini", device="cpu")  # intact again
+    (copy / "extra.bin").write_bytes(b"x")
+    with pytest.raises(ModelLoadError, match=r"unlisted file extra\.bin"):
+        Separator.from_pretrained("querysep-mini", device="cpu")
+
+
+def test_offline_default_is_mini(monkeypatch, tmp_path: Path, capsys) -> None:
+    monkeypatch.setenv("QUERYSEP_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setattr(pretrained, "_FALLBACK_SAID", [])
+    assert pretrained.default_model() == "querysep-mini"
+    assert pretrained.default_model() == "querysep-mini"
+    said = capsys.readouterr().err.strip().splitlines()
+    assert len(said) == 1 and "querysep-mini" in said[0] and "audiosep-base" in said[0]
+    mixture, _, rate = _item(ITEMS[0])
+    out = separate(mixture, ITEMS[0]["query"], sample_rate=rate, device="cpu")
+    direct = Separator.from_pretrained("querysep-mini", device="cpu")
+    np.testing.assert_array_equal(
+        out.target, direct.separate(mixture, ITEMS[0]["query"], sample_rate=rate).target
+    )
+    # a cached audiosep-base stays the default
+    (tmp_path / "cache" / "models" / "audiosep-base").mkdir(parents=True)
+    (tmp_path / "cache" / "models" / "audiosep-base" / "config.json").write_text("{}")
+    assert pretrained.default_model() == "audiosep-base"
+
+
+def test_unreachable_hub_is_detected_quickly(monkeypatch) -> None:
+    import socket
+
+    from huggingface_hub import constants
+
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
+    monkeypatch.setattr(pretrained, "_PROBED", {})
+    closed = socket.socket()
+    closed.bind(("127.0.0.1", 0))
+    port = closed.getsockname()[1]
+    closed.close()  # nothing listens there: refused at once
+    monkeypatch.setattr(constants, "ENDPOINT", f"http://127.0.0.1:{port}")
+    started = time.perf_counter()
+    reachable, why = pretrained.hub_reachable()
+    assert not reachable and "127.0.0.1" in why
+    assert time.perf_counter() - started < 2.0
+    with socket.socket() as silent:  # accepts the connection, never answers: the timeout
+        silent.bind(("localhost", 0))
+        silent.listen(1)
+        monkeypatch.setattr(constants, "ENDPOINT", f"http://localhost:{silent.getsockname()[1]}")
+        started = time.perf_counter()
+        reachable, why = pretrained.hub_reachable(timeout=0.5)
+        assert not reachable and "localhost" in why
+        assert time.perf_counter() - started < 1.5
+        reachable, _ = pretrained.hub_reachable(timeout=0.5)  # the answer is reused
+        assert not reachable and time.perf_counter() - started < 1.5
+
+
+def test_cli_without_model_uses_mini_offline(tmp_path: Path) -> None:
+    item = ITEMS[0]
+    env = {**ENV, "QUERYSEP_CACHE": str(tmp_path / "cache")}
+    out = subprocess.run(
+        [sys.executable, "-m", "querysep", "separate", str(MINI / item["mixture"]),
+         item["query"], "-o", str(tmp_path / "o")],
+        capture_output=True, text=True, env=env, timeout=120,
+    )  # fmt: skip
+    assert out.returncode == 0, out.stderr
+    assert len(out.stderr.strip().splitlines()) == 1 and "querysep-mini" in out.stderr
+    written = sorted(p.name for p in (tmp_path / "o").iterdir())
+    assert len(written) == 2 and any(n.endswith("_residual.wav") for n in written)
+    listing = subprocess.run(
+        [sys.executable, "-m", "querysep", "models", "-v"],
+        capture_output=True, text=True, env=env, timeout=60,
+    )  # fmt: skip
+    assert "querysep-mini (default offline) [packaged]" in listing.stdout
+    assert "sounds (42): piano" in listing.stdout
+
+
+def test_weights_ship_inside_the_wheel(tmp_path: Path) -> None:
+    import zipfile
+
+    out = subprocess.run(
+        [sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q",
+         "-w", str(tmp_path), str(ROOT)],
+        capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert out.returncode == 0, out.stderr
+    (wheel,) = tmp_path.glob("querysep-*.whl")
+    names = set(zipfile.ZipFile(wheel).namelist())
+    folder = pretrained.PACKAGED_DIR / "querysep-mini"
+    shipped = {f"querysep/weights/querysep-mini/{p.relative_to(folder).as_posix()}"
+               for p in folder.rglob("*") if p.is_file()}  # fmt: skip
+    assert shipped and shipped <= names
+
+
+def test_demo_first_start_offline_separates_with_mini(tmp_path: Path) -> None:
+    from .conftest import start_demo, stop_demo
+    from .test_demo import read, separate
+
+    env_cache = {"QUERYSEP_CACHE": str(tmp_path / "cache")}
+    server = start_demo(None, tmp_path, {}, env=env_cache)
+    try:
+        item = next(i for i in ITEMS if i["name"].startswith("sweep05"))  # harmonica, 9.4 dB
+        mixture, target, _ = _item(item)
+        out, *_ = separate(server, MINI / item["mixture"], item["query"])
+        gain = float(metrics.sdr_improvement(read(out), target, mixture).mean())
+        assert gain >= 8.0, f"SDRi {gain:.2f} dB through the demo"
+    finally:
+        stop_demo(server)
+
+
+def test_models_fetch_names_what_it_cannot_get_offline(tmp_path: Path) -> None:
+    env = {**ENV, "QUERYSEP_CACHE": str(tmp_path / "cache")}
+    for name, message in (("audiosep-base", "cannot be downloaded"), ("nope", "unknown model")):
+        out = subprocess.run(
+            [sys.executable, "-m", "querysep", "models", "--fetch", name],
+            capture_output=True, text=True, env=env, timeout=60,
+        )  # fmt: skip
+        assert out.returncode == 1 and len(out.stderr.strip().splitlines()) == 1, out.stderr
+        assert message in out.stderr
+    out = subprocess.run(
+        [sys.executable, "-m", "querysep", "models", "--fetch", "querysep-mini"],
+        capture_output=True, text=True, env=env, timeout=60,
+    )  # fmt: skip
+    assert out.returncode == 0 and "querysep/weights/querysep-mini" in out.stdout
