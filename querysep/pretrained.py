@@ -204,11 +204,7 @@ def verify_packaged(directory: Path) -> Path:
         digest, _, name = line.strip().partition("  ")
         if digest:
             expected[name] = digest
-    present = {
-        p.relative_to(directory).as_posix()
-        for p in directory.rglob("*")
-        if p.is_file() and p.name != SUMS_NAME and "__pycache__" not in p.parts
-    }
+    present = set(_bundle_files(directory))
     for name in sorted(present | set(expected)):
         if name not in expected:
             raise ModelLoadError(f"the packaged model in {directory} has an unlisted file {name}")
@@ -224,16 +220,21 @@ def verify_packaged(directory: Path) -> Path:
     return directory
 
 
+def _bundle_files(directory: Path) -> list[str]:
+    """The files SHA256SUMS lists (relative POSIX paths, sorted): one rule for writing and
+    checking it."""
+    return sorted(
+        p.relative_to(directory).as_posix()
+        for p in directory.rglob("*")
+        if p.is_file() and p.name != SUMS_NAME and "__pycache__" not in p.parts
+    )
+
+
 def write_sums(directory: Path) -> Path:
     """Lists every file of a bundle with its sha256: what `verify_packaged` checks."""
     from querysep.files import atomic_write, sha256_file
 
-    files = sorted(
-        p.relative_to(directory).as_posix()
-        for p in directory.rglob("*")
-        if p.is_file() and p.name != SUMS_NAME
-    )
-    text = "".join(f"{sha256_file(directory / f)}  {f}\n" for f in files)
+    text = "".join(f"{sha256_file(directory / f)}  {f}\n" for f in _bundle_files(directory))
     atomic_write(directory / SUMS_NAME, lambda p: p.write_text(text, encoding="utf-8"))
     return directory / SUMS_NAME
 
