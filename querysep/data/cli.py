@@ -37,32 +37,42 @@ def _output_options(p: argparse.ArgumentParser) -> None:
     )
 
 
+def _corpus_options(p: argparse.ArgumentParser) -> None:
+    """What `data synth` and `data corpus` share (the same keywords of their builders)."""
+    p.add_argument("outdir", type=Path)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--sample-rate", type=int, default=16_000, help="16000 (default) to 96000")
+    p.add_argument("--clips-per-class", type=int, default=36, help="train clips per class")
+    p.add_argument("--seconds", type=float, default=4.0, help="clip length (4.0)")
+    p.add_argument("--animals", type=Path, help="folder with the CC0 animal mp3s")
+
+
+def _corpus_kwargs(args: argparse.Namespace) -> dict[str, Any]:
+    return {
+        "seed": args.seed,
+        "clips_per_class": args.clips_per_class,
+        "seconds": args.seconds,
+        "sample_rate": args.sample_rate,
+        "animals": args.animals,
+    }
+
+
 def add_data_parser(sub: Any) -> None:
     data = sub.add_parser("data", help="build, convert, check and embed caption manifests")
     cmd = data.add_subparsers(dest="data_command", metavar="ACTION", required=True)
 
     synth = cmd.add_parser("synth", help="write the offline synthetic LASS corpus + manifests")
-    synth.add_argument("outdir", type=Path)
-    synth.add_argument("--seed", type=int, default=0)
-    synth.add_argument("--sample-rate", type=int, default=16_000, help="16000 (default) or 32000")
-    synth.add_argument("--clips-per-class", type=int, default=36, help="train clips per class")
-    synth.add_argument("--seconds", type=float, default=4.0, help="clip length (4.0)")
+    _corpus_options(synth)
     synth.add_argument("--no-speech", action="store_true", help="leave out espeak-ng speech")
-    synth.add_argument("--animals", type=Path, help="folder with the CC0 animal mp3s")
 
     corpus = cmd.add_parser(
         "corpus",
         help="write querysep-mini's corpus of real sounds (sampled instruments and drums, "
         "speech in four languages, animals, procedural) + manifests",
     )
-    corpus.add_argument("outdir", type=Path)
-    corpus.add_argument("--seed", type=int, default=0)
-    corpus.add_argument("--sample-rate", type=int, default=16_000)
-    corpus.add_argument("--clips-per-class", type=int, default=36, help="train clips per class")
-    corpus.add_argument("--seconds", type=float, default=4.0, help="clip length (4.0)")
+    _corpus_options(corpus)
     corpus.add_argument("--classes", help="comma-separated subset of the classes (default: all)")
     corpus.add_argument("--soundfont", type=Path, help="General MIDI .sf2 (default: FluidR3_GM)")
-    corpus.add_argument("--animals", type=Path, help="folder with the CC0 animal mp3s")
 
     scan = cmd.add_parser("scan", help="manifest from a folder of audio files")
     scan.add_argument("root", type=Path)
@@ -146,15 +156,7 @@ def _synth(args: argparse.Namespace) -> int:
     from querysep.data.synth import synthesize_corpus
 
     started = time.perf_counter()
-    paths = synthesize_corpus(
-        args.outdir,
-        seed=args.seed,
-        clips_per_class=args.clips_per_class,
-        seconds=args.seconds,
-        sample_rate=args.sample_rate,
-        speech=not args.no_speech,
-        animals=args.animals,
-    )
+    paths = synthesize_corpus(args.outdir, speech=not args.no_speech, **_corpus_kwargs(args))
     return _report(paths, args.outdir, started)
 
 
@@ -166,14 +168,7 @@ def _corpus(args: argparse.Namespace) -> int:
         tuple(c.strip() for c in args.classes.split(",") if c.strip()) if args.classes else None
     )
     paths = build_corpus(
-        args.outdir,
-        seed=args.seed,
-        clips_per_class=args.clips_per_class,
-        seconds=args.seconds,
-        sample_rate=args.sample_rate,
-        classes=classes,
-        soundfont=args.soundfont,
-        animals=args.animals,
+        args.outdir, classes=classes, soundfont=args.soundfont, **_corpus_kwargs(args)
     )
     return _report(paths, args.outdir, started)
 
