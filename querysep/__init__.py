@@ -14,12 +14,14 @@ from querysep.errors import AudioError, ConfigError, ModelLoadError, QueryError,
 __version__ = "0.1.0"
 
 if TYPE_CHECKING:
+    from querysep.options import SeparationOptions
     from querysep.query import AudioQuery, Query
     from querysep.separator import SeparationResult, Separator
 
 _LAZY = {
     "Separator": "querysep.separator",
     "SeparationResult": "querysep.separator",
+    "SeparationOptions": "querysep.options",
     "separate": "querysep.separator",
     "Query": "querysep.query",
     "AudioQuery": "querysep.query",
@@ -46,6 +48,7 @@ __all__ = [
     "Query",
     "QueryError",
     "QuerysepError",
+    "SeparationOptions",
     "SeparationResult",
     "Separator",
     "__version__",

@@ -7,6 +7,7 @@ import math
 import sys
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 from querysep import __version__
 from querysep.errors import QuerysepError, first_line
@@ -29,14 +30,34 @@ def build_parser() -> argparse.ArgumentParser:
 
     sep = sub.add_parser(
         "separate",
-        help="separate a recording by one or more queries",
+        help="separate recordings (files, folders, globs, a manifest) by one or more queries",
         description="Writes <stem>_<query>.wav (what the query asks for) and "
-        "<stem>_<query>_residual.wav "
-        "(the rest) per query. 'remove the X' / 'everything except the X' ask for the rest.",
+        "<stem>_<query>_residual.wav (the rest) per input and query, mirroring the inputs' "
+        "folders under OUT. 'remove the X' / 'everything except the X' ask for the rest. "
+        "Outputs that exist are kept and their item skipped (--force redoes it); a run over "
+        "several inputs logs every item to OUT/querysep-log.jsonl and goes on past bad ones. "
+        "Under torchrun / accelerate launch every rank takes its share of the items.",
     )
-    sep.add_argument("input", type=Path, help="audio file (wav, flac, ogg, mp3, ...)")
     sep.add_argument(
-        "query", nargs="?", help="text query, e.g. 'dog barking' or 'remove the traffic noise'"
+        "inputs",
+        nargs="*",
+        metavar="INPUT",
+        help="audio files, folders (searched recursively) or glob patterns; `INPUT QUERY` "
+        "with one file keeps working: a last argument that is no path is the text query",
+    )
+    sep.add_argument(
+        "--manifest",
+        type=Path,
+        metavar="FILE",
+        help="JSONL or CSV of items: audio, query, negative, query_audio, audio_weight, output",
+    )
+    sep.add_argument("--force", action="store_true", help="redo items whose outputs exist")
+    sep.add_argument(
+        "--workers",
+        type=int,
+        metavar="N",
+        help="files decoded and written in parallel around the model (default: 2, or the batch "
+        "size on a GPU)",
     )
     sep.add_argument(
         "-q",
@@ -289,38 +310,25 @@ def _stop_on_sigterm() -> None:
 
 
 def _separate(args: argparse.Namespace) -> int:
-    from querysep import audio
-    from querysep.query import AudioQuery, Query
+    import glob
+
+    from querysep import audio, batch
+    from querysep.options import SeparationOptions
+    from querysep.query import Query
+    from querysep.runtime import resolve_device, resolve_dtype
     from querysep.separator import load
 
-    queries: list[Query] = []
+    inputs, text = _split_inputs(args.inputs, args)
     if args.query_audio is not None:
         audio.info(args.query_audio)  # fail early on a bad example file
-        example = AudioQuery(str(args.query_audio))
-        if args.query:
-            w = args.audio_weight
-            if not 0 <= w <= 1:
-                raise QuerysepError("--audio-weight must be between 0 and 1")
-            queries.append(Query.make(args.query, example, weights=(1 - w, w)))
-        else:
-            queries.append(Query.make(audio=example))
-    elif args.query:
-        queries.append(Query.from_text(args.query))
+    if not 0 <= args.audio_weight <= 1:
+        raise QuerysepError("--audio-weight must be between 0 and 1")
+    # QUERY mixes with --query-audio; each -q is a query of its own
+    queries = batch.build_queries([text] if text else [], args.query_audio, args.audio_weight)
     queries += [Query.from_text(q) for q in args.more]
-    if not queries:
-        raise QuerysepError("give a text QUERY, -q QUERY or --query-audio PATH")
-    info = audio.info(args.input)
-    from querysep.runtime import resolve_device, resolve_dtype
-
-    resolve_dtype(args.dtype, resolve_device(args.device))  # fail before loading anything
-    separator = load(args.model, device=args.device, dtype=args.dtype)
-    paths = separator.separate_file(
-        args.input,
-        queries,
-        args.out,
-        negative=args.negative,
-        format=args.format,
-        subtype=args.subtype,
+    if args.negative:
+        queries = [q.with_negatives(args.negative) for q in queries]
+    options = SeparationOptions(  # checked here, before the model loads
         chunk_seconds=args.chunk_seconds,
         overlap=args.overlap,
         batch_size=args.batch_size,
@@ -329,12 +337,86 @@ def _separate(args: argparse.Namespace) -> int:
         shift=args.shift,
         seed=args.seed,
         candidates=args.candidates,
-        progress=not args.quiet and info.duration >= PROGRESS_SECONDS,
     )
+    if args.manifest is not None:
+        items = batch.read_manifest(args.manifest, queries)
+        items += batch.collect(inputs, queries) if inputs else []
+    elif not inputs:
+        raise QuerysepError("give an INPUT (file, folder or glob) or --manifest FILE")
+    else:
+        if not queries:
+            raise QuerysepError("give a text QUERY, -q QUERY or --query-audio PATH")
+        items = batch.collect(inputs, queries)
+    single = (
+        args.manifest is None
+        and len(inputs) == 1
+        and not Path(inputs[0]).is_dir()
+        and (Path(inputs[0]).exists() or not glob.has_magic(inputs[0]))
+    )
+    if single:
+        audio.info(inputs[0])  # one file: a bad input fails before the model loads
+    ranks = batch.Ranks.from_env()
+    device = ranks.device(args.device)
+    resolve_dtype(args.dtype, resolve_device(device))  # fail before loading anything
+    separator = load(args.model, device=device, dtype=args.dtype)
+    long_input = single and audio.info(inputs[0]).duration >= PROGRESS_SECONDS
+
+    def report(record: dict[str, Any]) -> None:
+        if record["status"] == "failed" and not single:
+            from tqdm.auto import tqdm  # above the progress bar, not through it
+
+            tqdm.write(f"querysep: failed: {record['input']}: {record['error']}", file=sys.stderr)
+
+    summary = batch.run(
+        separator,
+        items,
+        args.out,
+        options=options,
+        format=args.format,
+        subtype=args.subtype,
+        force=args.force,
+        workers=args.workers,
+        log=not single,
+        progress=not args.quiet and (long_input or not single),
+        on_item=report,
+    )
+    if single:
+        return _report_single(summary, items[0], args)
+    if ranks.rank == 0:
+        log = batch.LOG_NAME if ranks.world == 1 else "querysep-log.rank*.jsonl"
+        where = f" (log: {args.out / log})"
+        print(f"querysep: {summary.line()}{where}", file=sys.stderr if args.quiet else sys.stdout)
+    return 0 if summary.ok else 1
+
+
+def _report_single(summary: Any, item: Any, args: argparse.Namespace) -> int:
+    if summary.failed:
+        print(f"querysep: error: {summary.failures[0]['error']}", file=sys.stderr)
+        return 1
     if not args.quiet:
-        for query, (target, residual) in zip(queries, paths, strict=True):
+        for query, (target, residual) in zip(
+            item.queries, item.outputs(args.out, args.format), strict=True
+        ):
             print(f"{query.label}: {target}  (rest: {residual})")
+        if summary.skipped:
+            print("skipped: the outputs exist (--force to redo)")
     return 0
+
+
+def _split_inputs(values: list[str], args: argparse.Namespace) -> tuple[list[str], str | None]:
+    """`INPUT... [QUERY]`: the last argument is the text query when it cannot be an input
+    (no such path, no audio suffix, no glob characters), as in `querysep separate a.wav dog`."""
+    import glob
+
+    from querysep.batch import AUDIO_SUFFIXES
+
+    if len(values) < 2 and not (values and args.manifest is not None):
+        return list(values), None
+    last = values[-1]
+    is_input = (
+        Path(last).exists() or Path(last).suffix.lower() in AUDIO_SUFFIXES or glob.has_magic(last)
+    )
+    return (list(values), None) if is_input else (list(values[:-1]), last)
 
 
 def _init_model(args: argparse.Namespace) -> int:

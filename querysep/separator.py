@@ -9,6 +9,7 @@ Bundle layout (a directory, or a Hugging Face Hub repo with the same files):
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import re
 import warnings
@@ -34,6 +35,7 @@ from querysep.config import (
 from querysep.errors import ConfigError, ModelLoadError, QueryError, QuerysepError, first_line
 from querysep.files import atomic_dir, atomic_write
 from querysep.models import SeparatorModel, build_model, family_class
+from querysep.options import SAMPLER_SETTINGS, SeparationOptions
 from querysep.query import ClapQueryEncoder, Query, as_queries
 from querysep.query.parse import slug
 from querysep.runtime import resolve_device, resolve_dtype
@@ -88,15 +90,8 @@ def output_paths(
     return directory / f"{name}.{format}", directory / f"{name}_residual.{format}"
 
 
-#: Per-call sampler settings: the type a form value converts to, and the model option a family
-#: must list in `sampling_options` to take it (seed and candidates need a sampling generator).
-SAMPLING_SETTINGS: dict[str, tuple[type, str]] = {
-    "steps": (int, "steps"),
-    "guidance": (float, "guidance"),
-    "shift": (float, "shift"),
-    "seed": (int, "generator"),
-    "candidates": (int, "generator"),
-}
+#: Kept for callers of the old name; the settings live in `querysep.options`.
+SAMPLING_SETTINGS = SAMPLER_SETTINGS
 
 
 class Separator:
@@ -242,50 +237,23 @@ class Separator:
         return folded, None
 
     def sampling_options(
-        self,
-        *,
-        steps: int | None = None,
-        guidance: float | None = None,
-        seed: int | None = None,
-        candidates: int | None = None,
-        shift: float | None = None,
+        self, options: SeparationOptions | None = None, **settings: Any
     ) -> dict[str, Any]:
-        """Checks per-call sampling settings against what the model family takes.
-
-        A seed becomes one generator for the whole run, so successive chunks draw successive
-        noise and the same call gives the same output.
-        """
-        given = {
-            "steps": steps,
-            "guidance": guidance,
-            "shift": shift,
-            "seed": seed,
-            "candidates": candidates,
-        }
-        given = {k: v for k, v in given.items() if v is not None}
+        """Checks sampler settings against what the model family takes; returns the model's
+        keyword arguments. A seed becomes one generator for the whole run, so successive
+        chunks draw successive noise and the same call gives the same output."""
+        given = SeparationOptions.make(options, **settings).sampler()
         accepted = set(self.model.sampling_options)
         for key in given:
-            if SAMPLING_SETTINGS[key][1] not in accepted:
+            if SAMPLER_SETTINGS[key][1] not in accepted:
                 raise QueryError(
                     f"{key} applies to generative models; a {self.model.family} model "
                     "separates deterministically"
                 )
-        if "steps" in given and (not isinstance(steps, int) or steps < 1):
-            raise QueryError(f"steps must be a positive integer, got {steps!r}")
-        if "guidance" in given and not (
-            isinstance(guidance, (int, float)) and np.isfinite(guidance) and guidance >= 0
-        ):
-            raise QueryError(f"guidance must be a finite number >= 0, got {guidance!r}")
-        if "shift" in given and not (
-            isinstance(shift, (int, float)) and np.isfinite(shift) and shift > 0
-        ):
-            raise QueryError(f"shift must be a finite number > 0, got {shift!r}")
-        if "candidates" in given and (not isinstance(candidates, int) or candidates < 1):
-            raise QueryError(f"candidates must be a positive integer, got {candidates!r}")
-        options: dict[str, Any] = {k: v for k, v in given.items() if k != "seed"}
-        if seed is not None:
-            options["generator"] = torch.Generator(self.device).manual_seed(int(seed))
-        return options
+        kwargs: dict[str, Any] = {k: v for k, v in given.items() if k != "seed"}
+        if "seed" in given:
+            kwargs["generator"] = torch.Generator(self.device).manual_seed(int(given["seed"]))
+        return kwargs
 
     def _chunk_fn(
         self, positives: Tensor, negatives: Tensor | None, options: dict[str, Any] | None = None
@@ -331,17 +299,9 @@ class Separator:
         index = best[None, :, :, None].expand(1, b, k, t).to(candidates.device)
         return candidates.gather(0, index)[0]
 
-    def _plan(
-        self, chunk_seconds: float | None, overlap: float | None, batch_size: int | None
-    ) -> ChunkPlan:
-        inference = dict(self.config["inference"])
-        for key, value in (
-            ("chunk_seconds", chunk_seconds),
-            ("overlap", overlap),
-            ("batch_size", batch_size),
-        ):
-            if value is not None:
-                inference[key] = value
+    def plan(self, options: SeparationOptions | None = None) -> ChunkPlan:
+        """The chunking a run uses: the model's defaults with `options` on top."""
+        inference = (options or SeparationOptions()).chunking(self.config["inference"])
         validate_inference(inference, "separation settings")
         batch = inference["batch_size"]
         if batch == "auto":
@@ -349,6 +309,13 @@ class Separator:
         return ChunkPlan.from_seconds(
             self.sample_rate, inference["chunk_seconds"], inference["overlap"], batch
         )
+
+    def chunk_fn(
+        self, queries: Sequence[Query], options: SeparationOptions | None = None
+    ) -> ChunkFn:
+        """rows [N, t] -> targets [N, K, t] for these queries: each embedded once."""
+        sampler = self.sampling_options(options)
+        return self._chunk_fn(*self.embed_queries(queries), sampler)
 
     # -- separation -----------------------------------------------------------------------
     def separate(
@@ -358,6 +325,7 @@ class Separator:
         *,
         negative: Any = None,
         sample_rate: int | None = None,
+        options: SeparationOptions | None = None,
         chunk_seconds: float | None = None,
         overlap: float | None = None,
         batch_size: int | None = None,
@@ -372,16 +340,16 @@ class Separator:
 
         `query` is text ("dog barking", "remove the traffic"), an `AudioQuery`, a `Query`, or
         a list of those: a list returns one result per query, all from one pass over the audio.
+        Settings come as `options` (a `SeparationOptions`) or as keywords on top of it.
         `steps`, `guidance`, `shift` and `seed` set the sampler of generative (flow) models;
         `candidates=k` samples k targets per chunk and keeps the one whose CLAP audio embedding
         is closest to the query (best-of-k re-ranking by CLAPScore).
         """
-        options = self.sampling_options(
-            steps=steps, guidance=guidance, shift=shift, seed=seed, candidates=candidates
-        )
+        opts = SeparationOptions.make(options, **_settings(locals()))
+        self.sampling_options(opts)  # refuse sampler settings this family does not take
         queries, as_list = as_queries(query)
         queries = [q.with_negatives(negative) for q in queries]
-        source = _open_source(audio, sample_rate)
+        source = open_source(audio, sample_rate)
         targets = [np.zeros((source.channels, source.frames), np.float32) for _ in queries]
         residuals = [np.zeros_like(t) for t in targets]
         cursor = [0] * len(queries)
@@ -392,7 +360,9 @@ class Separator:
             residuals[k][:, cursor[k] : cursor[k] + n] = residual
             cursor[k] += n
 
-        self._run(source, queries, write, chunk_seconds, overlap, batch_size, progress, options)
+        self._stream(
+            source, len(queries), write, self.chunk_fn(queries, opts), self.plan(opts), progress
+        )
         results = [
             SeparationResult(*_orient(q, t, r), source.sample_rate, q, source.stem)
             for q, t, r in zip(queries, targets, residuals, strict=True)
@@ -409,6 +379,8 @@ class Separator:
         stem: str | None = None,
         format: str = "wav",
         subtype: str | None = None,
+        force: bool = True,
+        options: SeparationOptions | None = None,
         chunk_seconds: float | None = None,
         overlap: float | None = None,
         batch_size: int | None = None,
@@ -419,20 +391,35 @@ class Separator:
         candidates: int | None = None,
         progress: bool = False,
     ) -> list[tuple[Path, Path]]:
-        """File to files, streamed block by block: memory stays flat for any input length."""
-        options = self.sampling_options(
-            steps=steps, guidance=guidance, shift=shift, seed=seed, candidates=candidates
-        )
+        """File to files, streamed block by block: memory stays flat for any input length.
+        `force=False` refuses to replace an output file that exists."""
+        opts = SeparationOptions.make(options, **_settings(locals()))
+        self.sampling_options(opts)
         queries, _ = as_queries(query)
         queries = [q.with_negatives(negative) for q in queries]
-        source = _open_source(input_path, None)
+        source = open_source(input_path, None)
         stem = stem or Path(input_path).stem
         paths = [output_paths(output_dir, stem, q, format) for q in queries]
-        _check_unique(paths)
-        inputs = [Path(input_path), *(f for q in queries for f in q.files)]
-        for pair in paths:
-            for p in pair:
-                qaudio.refuse_overwrite(p, inputs)
+        check_outputs(paths, [Path(input_path), *(f for q in queries for f in q.files)], force)
+        fn = self.chunk_fn(queries, opts)
+        self.write_files(
+            source, queries, paths, fn, self.plan(opts), subtype=subtype, progress=progress
+        )
+        return paths
+
+    def write_files(
+        self,
+        source: _Source,
+        queries: Sequence[Query],
+        paths: Sequence[tuple[Path, Path]],
+        fn: ChunkFn,
+        plan: ChunkPlan,
+        *,
+        subtype: str | None = None,
+        progress: bool = False,
+    ) -> None:
+        """Streams `source` through `fn` into (target, residual) files, one pair per query:
+        written under temporary names, then all renamed into place together, or none is."""
         writers = [
             tuple(
                 qaudio.AudioWriter(
@@ -453,29 +440,31 @@ class Separator:
             with ExitStack() as stack:
                 for writer in flat:
                     stack.enter_context(writer)
-                self._run(
-                    source, queries, write, chunk_seconds, overlap, batch_size, progress, options
-                )
+                self._stream(source, len(queries), write, fn, plan, progress)
         except BaseException:  # a writer that closed cleanly still holds a temporary file
             for writer in flat:
                 writer.discard()
             raise
         qaudio.publish_together(flat)  # every file is complete: all appear, or none does
-        return paths
 
-    def _run(
+    def separate_files(self, items: Any, output_dir: str | Path, **settings: Any) -> Any:
+        """Separates a collection: `items` from `querysep.batch.collect` or `read_manifest`.
+        Done items (outputs present) are skipped unless `force=True`; a bad item is logged and
+        the run goes on; under torchrun / accelerate launch each rank takes its share. Keywords
+        and the returned `Summary` as in `querysep.batch.run`."""
+        from querysep.batch import run
+
+        return run(self, items, output_dir, **settings)
+
+    def _stream(
         self,
         source: _Source,
-        queries: list[Query],
+        num_outputs: int,
         write: Callable[[int, np.ndarray, np.ndarray], None],
-        chunk_seconds: float | None,
-        overlap: float | None,
-        batch_size: int | None,
+        fn: ChunkFn,
+        plan: ChunkPlan,
         progress: bool,
-        options: dict[str, Any] | None = None,
     ) -> None:
-        plan = self._plan(chunk_seconds, overlap, batch_size)
-        positives, negatives = self.embed_queries(queries)
         bar = _progress_bar(source, progress)
         try:
             stream_separate(
@@ -484,9 +473,9 @@ class Separator:
                 model_rate=self.sample_rate,
                 channels=source.channels,
                 total_frames=source.frames,
-                fn=self._chunk_fn(positives, negatives, options),
+                fn=fn,
                 plan=plan,
-                num_outputs=len(queries),
+                num_outputs=num_outputs,
                 sink=_FnSink(write),
                 progress=(lambda n: bar.update(n / source.sample_rate)) if bar else None,
             )
@@ -521,6 +510,7 @@ def separate(
     sample_rate: int | None = None,
     device: str | torch.device | None = "auto",
     dtype: str | torch.dtype | None = None,
+    options: SeparationOptions | None = None,
     chunk_seconds: float | None = None,
     overlap: float | None = None,
     steps: int | None = None,
@@ -536,6 +526,7 @@ def separate(
         query,
         negative=negative,
         sample_rate=sample_rate,
+        options=options,
         chunk_seconds=chunk_seconds,
         overlap=overlap,
         steps=steps,
@@ -548,6 +539,11 @@ def separate(
 
 
 # -- helpers ----------------------------------------------------------------------------------
+def _settings(scope: dict[str, Any]) -> dict[str, Any]:
+    """The separation settings among a method's keyword arguments."""
+    return {f.name: scope[f.name] for f in dataclasses.fields(SeparationOptions)}
+
+
 @dataclass
 class _Source:
     sample_rate: int
@@ -557,7 +553,8 @@ class _Source:
     stem: str = "mixture"
 
 
-def _open_source(audio: Any, sample_rate: int | None) -> _Source:
+def open_source(audio: Any, sample_rate: int | None) -> _Source:
+    """A path or an array -> a source that streams blocks (files are never read whole)."""
     if isinstance(audio, (str, Path)):
         if sample_rate is not None:
             raise QuerysepError("sample_rate is for array input; a file carries its own rate")
@@ -597,10 +594,15 @@ def _progress_bar(source: _Source, enabled: bool) -> Any:
     )
 
 
-def _check_unique(paths: list[tuple[Path, Path]]) -> None:
+def check_outputs(paths: Sequence[tuple[Path, Path]], inputs: Sequence[Path], force: bool) -> None:
+    """Output names must be distinct, never an input, and (unless `force`) not present yet."""
     flat = [p for pair in paths for p in pair]
     if len(set(flat)) != len(flat):
         raise QueryError("two queries map to the same output file name: make them different")
+    for p in flat:
+        qaudio.refuse_overwrite(p, inputs)
+        if not force and p.exists():
+            raise QuerysepError(f"{p} exists: remove it, or pass --force to replace it")
 
 
 def _locate_bundle(name: str, revision: str | None) -> Path:

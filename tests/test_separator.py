@@ -10,6 +10,7 @@ import torch
 
 from querysep import metrics
 from querysep.errors import AudioError, ModelLoadError, QuerysepError
+from querysep.options import SeparationOptions
 from querysep.query import AudioQuery, Query
 from querysep.separator import Separator, separate
 
@@ -259,13 +260,13 @@ def test_result_save_names_and_formats(tiny_separator: Separator, tmp_path: Path
 
 
 def test_auto_batch_size_and_inference_overrides(tiny_separator: Separator) -> None:
-    plan = tiny_separator._plan(None, None, None)
+    plan = tiny_separator.plan()
     assert plan.batch_size == 1  # CPU: one chunk at a time
     assert plan.chunk == round(4.0 * 44100) and plan.overlap == round(0.25 * plan.chunk)
-    plan = tiny_separator._plan(2.0, 0.5, 3)
+    plan = tiny_separator.plan(SeparationOptions(chunk_seconds=2.0, overlap=0.5, batch_size=3))
     assert (plan.chunk, plan.overlap, plan.batch_size) == (88200, 44100, 3)
     with pytest.raises(QuerysepError, match="batch_size"):
-        tiny_separator._plan(None, None, 0)
+        SeparationOptions(batch_size=0)  # refused when made, before any model is involved
 
 
 def test_sampling_options_reach_generative_models_only(tiny_separator: Separator) -> None:
@@ -290,7 +291,7 @@ def test_sampling_options_reach_generative_models_only(tiny_separator: Separator
     model.sampling_options = ("steps", "guidance", "generator")
     model.separate_many = recording
     try:
-        with pytest.raises(QuerysepError, match="steps must be a positive integer"):
+        with pytest.raises(QuerysepError, match="steps must be a whole number from 1"):
             tiny_separator.separate(audio, "dog", sample_rate=44100, steps=0)
         with pytest.raises(QuerysepError, match="guidance must be"):
             tiny_separator.separate(audio, "dog", sample_rate=44100, guidance=float("nan"))
