@@ -18,7 +18,7 @@ import os
 import threading
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path, PurePosixPath
@@ -368,6 +368,7 @@ def run(
     outdir = Path(output_dir)
     _check_collisions(items, outdir, format)
     ranks = Ranks.from_env()
+    _join(ranks)
     mine = shard(items, ranks.rank, ranks.world)
     outdir.mkdir(parents=True, exist_ok=True)
     plan = separator.plan(options)
@@ -380,9 +381,12 @@ def run(
     summary = Summary(ranks=ranks.world)
     start = time.perf_counter()
     bar = _items_bar(len(mine), progress)
+    lone = len(mine) == 1  # one file: its own progress bar instead of a count of files
 
     def one(item: Item) -> None:
-        record = _do_item(separator, item, outdir, format, subtype, force, forward, plan)
+        record = _do_item(
+            separator, item, outdir, format, subtype, force, forward, plan, progress and lone
+        )
         record["rank"] = ranks.rank
         journal.write(record)
         with forward.lock:
@@ -399,13 +403,19 @@ def run(
 
     try:
         with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="querysep") as pool:
-            futures = [pool.submit(one, item) for item in mine]
+            pending: set[Future[None]] = set()
             try:
-                for f in futures:
+                for item in mine:  # a bounded window of items in flight: flat memory
+                    if len(pending) >= 2 * workers:
+                        finished, pending = wait(pending, return_when=FIRST_COMPLETED)
+                        for f in finished:
+                            f.result()
+                    pending.add(pool.submit(one, item))
+                for f in pending:
                     f.result()
             except BaseException:  # Ctrl-C / SIGTERM: stop the workers, let them clean up
                 forward.stop()
-                for f in futures:
+                for f in pending:
                     f.cancel()
                 raise
     finally:
@@ -447,6 +457,7 @@ def _do_item(
     force: bool,
     forward: SharedForward,
     plan: Any,
+    progress: bool = False,
 ) -> dict[str, Any]:
     from querysep.separator import check_outputs, open_source
 
@@ -473,7 +484,9 @@ def _do_item(
             for pair in pairs:
                 pair[0].parent.mkdir(parents=True, exist_ok=True)
             with forward.lane(item.queries) as fn:
-                separator.write_files(source, item.queries, pairs, fn, plan, subtype=subtype)
+                separator.write_files(
+                    source, item.queries, pairs, fn, plan, subtype=subtype, progress=progress
+                )
             record["status"] = "done"
             record["audio_seconds"] = source.frames / source.sample_rate
     except _Stopped:
@@ -497,15 +510,25 @@ def _reason(exc: BaseException) -> str:
     return first_line(exc)
 
 
-def _gather(summary: Summary, ranks: Ranks) -> Summary:
-    """Rank 0 collects every rank's summary (gloo works on CPU and GPU hosts alike)."""
+def _join(ranks: Ranks) -> None:
+    """Joins the ranks' process group (gloo: it works on CPU and GPU hosts alike)."""
     import datetime
 
     import torch.distributed as dist
 
-    if not dist.is_initialized():
-        # a rank may wait a long time here for the slowest one: a week, not the default 30 min
+    if ranks.world > 1 and not dist.is_initialized():
+        # ranks wait for the slowest one at the end: a week, not the default 30 min
         dist.init_process_group("gloo", timeout=datetime.timedelta(days=7))
+
+
+def _gather(summary: Summary, ranks: Ranks) -> Summary:
+    """Rank 0 collects every rank's summary. The wait for the other ranks polls, so a SIGTERM
+    (torchrun stopping the group after a rank died) is handled at once."""
+    import torch.distributed as dist
+
+    work = dist.barrier(async_op=True)
+    while not work.is_completed():
+        time.sleep(0.05)
     parts: list[Any] = [None] * ranks.world if ranks.rank == 0 else []
     dist.gather_object(asdict(summary), parts if ranks.rank == 0 else None, dst=0)
     if ranks.rank != 0:

@@ -24,14 +24,22 @@ from .conftest import tone
 ENV = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
 
 
-def cli(*args: str, env: dict | None = None) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [sys.executable, "-m", "querysep", *args],
-        capture_output=True,
-        text=True,
-        env=env or ENV,
-        timeout=300,
-    )
+class Run:
+    def __init__(self, returncode: int, stdout: str, stderr: str):
+        self.returncode, self.stdout, self.stderr = returncode, stdout, stderr
+
+
+def cli(capsys: pytest.CaptureFixture, *args: str) -> Run:
+    """`querysep ...` in this process (no interpreter start-up per call)."""
+    from querysep.cli import main
+
+    handler = signal.getsignal(signal.SIGTERM)  # main() installs its own; put pytest's back
+    try:
+        code = main([str(a) for a in args])
+    finally:
+        signal.signal(signal.SIGTERM, handler)
+    out = capsys.readouterr()
+    return Run(code, out.out, out.err)
 
 
 def write(path: Path, freq: float, seconds: float = 0.6, sr: int = 16000) -> Path:
@@ -71,11 +79,11 @@ def collection(tmp_path: Path) -> Path:
 
 
 def test_folder_run_logs_bad_items_then_resumes_and_force_redoes(
-    tiny_bundle: Path, collection: Path, tmp_path: Path
+    tiny_bundle: Path, collection: Path, tmp_path: Path, capsys: pytest.CaptureFixture
 ) -> None:
     out = tmp_path / "out"
     args = ("separate", str(collection), "-q", "dog", "--model", str(tiny_bundle), "-o", str(out))
-    first = cli(*args)
+    first = cli(capsys, *args)
     assert first.returncode == 1, first.stderr
     assert "Traceback" not in first.stderr
     failed = [line for line in first.stderr.splitlines() if line.startswith("querysep: failed:")]
@@ -98,13 +106,13 @@ def test_folder_run_logs_bad_items_then_resumes_and_force_redoes(
     summary = json.loads((out / "querysep-summary.json").read_text())
     assert (summary["done"], summary["failed"], summary["ok"]) == (9, 3, False)
 
-    again = cli(*args)  # done items are skipped, and nothing is rewritten
+    again = cli(capsys, *args)  # done items are skipped, and nothing is rewritten
     assert again.returncode == 1
     assert "0 done, 9 skipped, 3 failed" in again.stdout
     assert outputs(out) == written
 
     time.sleep(0.01)
-    forced = cli(*args, "--force")
+    forced = cli(capsys, *args, "--force")
     assert "9 done, 0 skipped, 3 failed" in forced.stdout
     redone = outputs(out)
     assert redone.keys() == written.keys()
@@ -112,25 +120,25 @@ def test_folder_run_logs_bad_items_then_resumes_and_force_redoes(
 
 
 def test_an_output_this_run_did_not_write_is_never_replaced(
-    tiny_bundle: Path, tmp_path: Path
+    tiny_bundle: Path, tmp_path: Path, capsys: pytest.CaptureFixture
 ) -> None:
     src = write(tmp_path / "x.wav", 300)
     out = tmp_path / "out"
     out.mkdir()
     mine = out / "x_dog.wav"
     mine.write_bytes(b"the user's own file")
-    res = cli("separate", str(src), "dog", "--model", str(tiny_bundle), "-o", str(out))
+    res = cli(capsys, "separate", str(src), "dog", "--model", str(tiny_bundle), "-o", str(out))
     assert res.returncode == 1 and res.stderr.startswith("querysep: error:"), res.stderr
     assert "--force" in res.stderr and len(res.stderr.strip().splitlines()) == 1
     assert mine.read_bytes() == b"the user's own file"
     assert not (out / "x_dog_residual.wav").exists()
     forced = cli(
-        "separate", str(src), "dog", "--model", str(tiny_bundle), "-o", str(out), "--force"
+        capsys, "separate", str(src), "dog", "--model", str(tiny_bundle), "-o", str(out), "--force"
     )
     assert forced.returncode == 0, forced.stderr
     assert sf.info(str(mine)).frames == sf.info(str(src)).frames
     before = outputs(out)
-    rerun = cli("separate", str(src), "dog", "--model", str(tiny_bundle), "-o", str(out))
+    rerun = cli(capsys, "separate", str(src), "dog", "--model", str(tiny_bundle), "-o", str(out))
     assert rerun.returncode == 0 and "skipped" in rerun.stdout
     assert outputs(out) == before
 
@@ -256,32 +264,20 @@ def torchrun(args: list[str], port: int) -> subprocess.Popen:
     )  # fmt: skip
 
 
-def test_two_ranks_do_every_item_once_and_a_killed_rank_resumes(
-    tiny_bundle: Path, tmp_path: Path
+def test_two_ranks_do_every_item_once_even_when_one_is_killed(
+    tiny_bundle: Path, tmp_path: Path, capsys: pytest.CaptureFixture
 ) -> None:
+    import psutil
+
     from .conftest import free_port
 
-    psutil = pytest.importorskip("psutil")
     for k in range(12):
         # rank 1 takes items 1, 3, 5, ...: its second is long, so it can be killed in the middle
-        write(tmp_path / "in" / f"item{k:02d}.wav", 180 + 40 * k, seconds=40.0 if k == 3 else 0.5)
+        write(tmp_path / "in" / f"item{k:02d}.wav", 180 + 40 * k, seconds=90.0 if k == 3 else 0.5)
     common = ["separate", str(tmp_path / "in"), "-q", "dog", "--model", str(tiny_bundle),
               "--workers", "1", "--quiet"]  # fmt: skip
-    single = cli(*common, "-o", str(tmp_path / "one"))
+    single = cli(capsys, *common, "-o", str(tmp_path / "one"))
     assert single.returncode == 0, single.stderr
-
-    whole = torchrun([*common, "-o", str(tmp_path / "two")], free_port())
-    _, stderr = whole.communicate(timeout=300)
-    assert whole.returncode == 0, stderr[-3000:]
-    records = log_records(tmp_path / "two")
-    assert sorted(r["input"] for r in records) == sorted(
-        str(p) for p in (tmp_path / "in").iterdir()
-    )
-    assert {r["rank"] for r in records} == {0, 1}
-    summary = json.loads((tmp_path / "two" / "querysep-summary.json").read_text())
-    assert (summary["done"], summary["ranks"]) == (12, 2)
-    for path in (tmp_path / "one").glob("*.wav"):
-        assert np.array_equal(sf.read(path)[0], sf.read(tmp_path / "two" / path.name)[0])
 
     killed = tmp_path / "killed"
     run = torchrun([*common, "-o", str(killed)], free_port())
@@ -301,9 +297,14 @@ def test_two_ranks_do_every_item_once_and_a_killed_rank_resumes(
     assert not (killed / "item03_dog.wav").exists()  # the long item was cut short: not done
 
     rerun = torchrun([*common, "-o", str(killed)], free_port())
-    rerun.communicate(timeout=300)
-    assert rerun.returncode == 0
-    done = [r["input"] for r in log_records(killed) if r["status"] == "done"]
+    _, stderr = rerun.communicate(timeout=300)
+    assert rerun.returncode == 0, stderr[-3000:]
+    records = log_records(killed)
+    done = [r["input"] for r in records if r["status"] == "done"]
     assert sorted(done) == sorted(str(p) for p in (tmp_path / "in").iterdir())  # each once
+    assert {r["rank"] for r in records if r["status"] == "done"} == {0, 1}
+    summary = json.loads((killed / "querysep-summary.json").read_text())  # rank 0's, merged
+    assert (summary["total"], summary["failed"], summary["ranks"]) == (12, 0, 2)
+    assert summary["done"] == 12 - len([r for r in records if r["status"] == "skipped"])
     for path in (tmp_path / "one").glob("*.wav"):
         assert np.array_equal(sf.read(path)[0], sf.read(killed / path.name)[0])
