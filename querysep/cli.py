@@ -243,6 +243,22 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1)")
     demo.add_argument("--port", type=int, default=7860)
     demo.add_argument("--share", action="store_true", help="also open a public gradio.live link")
+
+    space = sub.add_parser("space", help="build or deploy the demo as a Hugging Face Space")
+    space_sub = space.add_subparsers(dest="space_command", metavar="ACTION", required=True)
+    build = space_sub.add_parser(
+        "build", help="write a self-contained Space folder (app, pinned requirements, wheel)"
+    )
+    build.add_argument("outdir", type=Path)
+    build.add_argument(
+        "-m", "--model", action="append", help="model to offer (repeatable; bundles are copied)"
+    )
+    build.add_argument("--force", action="store_true", help="replace a non-empty OUTDIR")
+    deploy = space_sub.add_parser("deploy", help="upload a Space folder (builds one if needed)")
+    deploy.add_argument("repo_id", help="the Space, e.g. USER/querysep")
+    deploy.add_argument("--dir", type=Path, help="a folder from `space build` (default: build now)")
+    deploy.add_argument("-m", "--model", action="append", help="model to offer when building")
+    deploy.add_argument("--private", action="store_true")
     parser.separate_parser = sep  # type: ignore[attr-defined]
     return parser
 
@@ -269,6 +285,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             "models": _models,
             "pack": _pack,
             "demo": _demo,
+            "space": _space,
             "convert": _convert,
             "train": _train,
             "train-clap": _train_clap,
@@ -499,6 +516,21 @@ def _demo(args: argparse.Namespace) -> int:
             f"the demo needs gradio: pip install 'querysep[demo]' ({exc})"
         ) from None
     launch(models=args.model, host=args.host, port=args.port, share=args.share)
+    return 0
+
+
+def _space(args: argparse.Namespace) -> int:
+    import tempfile
+
+    from querysep import space
+
+    if args.space_command == "build":
+        folder = space.build(args.outdir, args.model, force=args.force)
+        print(f"Space folder: {folder} (deploy: querysep space deploy USER/NAME --dir {folder})")
+        return 0
+    with tempfile.TemporaryDirectory() as tmp:
+        folder = args.dir or space.build(Path(tmp) / "space", args.model)
+        print(space.deploy(args.repo_id, folder, private=args.private))
     return 0
 
 

@@ -120,18 +120,24 @@ def start_demo(
             [sys.executable, "-m", "querysep", "demo", *model, "--port", str(port)],
             stdout=out, stderr=subprocess.STDOUT, env=env, cwd=workdir,
         )  # fmt: skip
-    server = DemoServer(f"http://127.0.0.1:{port}/", process, log)
-    deadline = time.monotonic() + 120
+    return wait_for(DemoServer(f"http://127.0.0.1:{port}/", process, log))
+
+
+def wait_for(server: DemoServer, seconds: float = 120) -> DemoServer:
+    """Waits until the server answers; its log in the error when it exits or stays silent."""
+    deadline = time.monotonic() + seconds
     while time.monotonic() < deadline:
-        if process.poll() is not None:
-            raise RuntimeError(f"the demo exited with {process.returncode}:\n{server.log_tail()}")
+        if server.process.poll() is not None:
+            raise RuntimeError(
+                f"the demo exited with {server.process.returncode}:\n{server.log_tail()}"
+            )
         try:
             urllib.request.urlopen(server.url, timeout=2).close()
             return server
         except OSError:
             time.sleep(0.3)
-    process.kill()
-    raise RuntimeError(f"the demo did not answer within 120 s:\n{server.log_tail()}")
+    server.process.kill()
+    raise RuntimeError(f"the demo did not answer within {seconds:g} s:\n{server.log_tail()}")
 
 
 def stop_demo(server: DemoServer) -> None:
