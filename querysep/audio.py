@@ -46,7 +46,7 @@ class AudioInfo:
 def _check_rate(sample_rate: Any) -> int:
     try:
         rate = int(sample_rate)
-    except (TypeError, ValueError):
+    except (TypeError, ValueError, OverflowError):  # OverflowError: an infinite rate
         raise AudioError(f"sample rate must be a number of Hz, got {sample_rate!r}") from None
     if rate != sample_rate or not MIN_SAMPLE_RATE <= rate <= MAX_SAMPLE_RATE:
         raise AudioError(
@@ -160,11 +160,16 @@ def to_array(audio: Any, sample_rate: Any) -> np.ndarray:
             raise AudioError("the audio tensor is on the meta device: it holds no samples")
         if getattr(audio, "is_complex", lambda: False)():
             raise AudioError("audio must be real-valued, got a complex tensor")
+        if str(getattr(audio, "layout", "torch.strided")) != "torch.strided":
+            raise AudioError("the audio tensor is sparse: pass a dense one (tensor.to_dense())")
         audio = audio.detach().cpu()
         if str(audio.dtype) == "torch.bfloat16":
             audio = audio.float()
         audio = audio.numpy()
-    array = np.asarray(audio)
+    try:
+        array = np.asarray(audio)
+    except (ValueError, TypeError) as exc:  # ragged nested lists, objects numpy cannot hold
+        raise AudioError(f"audio must be an array of samples: {first_line(exc)}") from None
     array = _to_float32(array)
     if array.ndim == 1:
         array = array[None, :]
@@ -303,10 +308,15 @@ class AudioWriter:
         self._tmp: Path | None = None
 
     def __enter__(self) -> AudioWriter:
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(
-            dir=self.path.parent, prefix=f".{self.path.name}.", suffix=".tmp"
-        )
+        from querysep.files import write_error_message
+
+        try:  # an unwritable or read-only folder, a file where a folder should be
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            fd, tmp = tempfile.mkstemp(
+                dir=self.path.parent, prefix=f".{self.path.name}.", suffix=".tmp"
+            )
+        except OSError as exc:
+            raise AudioError(write_error_message(self.path, exc)) from None
         os.close(fd)
         self._tmp = Path(tmp)
         try:

@@ -85,6 +85,10 @@ def collect(inputs: Sequence[str | Path], queries: Sequence[Query]) -> list[Item
 
 def _expand(spec: str) -> list[tuple[Path, Path]]:
     path = Path(spec)
+    try:
+        path.exists()
+    except OSError:  # e.g. a name too long for the file system: a failed item, logged
+        return [(path, Path.cwd())]
     if path.is_dir():
         found = sorted(p for p in path.rglob("*") if _is_audio(p, path))
         if not found:

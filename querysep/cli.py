@@ -5,9 +5,10 @@ from __future__ import annotations
 import argparse
 import math
 import sys
+import warnings
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 from querysep import __version__
 from querysep.errors import QuerysepError, first_line
@@ -19,8 +20,15 @@ BENCHMARK_CHOICES = (
 PROGRESS_SECONDS = 30.0
 
 
+class _Parser(argparse.ArgumentParser):
+    """Usage mistakes are one line too (`--help` shows the usage), like every other error."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"querysep: error: {message} (see: {self.prog} --help)\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="querysep",
         description="Query-conditioned sound separation: extract or remove any sound "
         "by text or example.",
@@ -278,6 +286,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.print_help()
         return 2
     _stop_on_sigterm()
+    shown, warnings.formatwarning = warnings.formatwarning, _one_line_warning
     try:
         commands = {
             "separate": _separate,
@@ -308,6 +317,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     except _Terminated:
         print("querysep: terminated", file=sys.stderr)
         return 143
+    finally:
+        warnings.formatwarning = shown  # main() called in-process leaves warnings as they were
+
+
+def _one_line_warning(
+    message: Warning | str, category: type[Warning], *args: Any, **kw: Any
+) -> str:
+    """Warnings a user should see (a query longer than CLAP reads) as one line, no source."""
+    return f"querysep: warning: {message}\n"
 
 
 class _Terminated(BaseException):
@@ -367,8 +385,8 @@ def _separate(args: argparse.Namespace) -> int:
     single = (
         args.manifest is None
         and len(inputs) == 1
-        and not Path(inputs[0]).is_dir()
-        and (Path(inputs[0]).exists() or not glob.has_magic(inputs[0]))
+        and not (_exists(inputs[0]) and Path(inputs[0]).is_dir())
+        and (_exists(inputs[0]) or not glob.has_magic(inputs[0]))
     )
     if single:
         audio.info(inputs[0])  # one file: a bad input fails before the model loads
@@ -406,6 +424,14 @@ def _separate(args: argparse.Namespace) -> int:
     return 0 if summary.ok else 1
 
 
+def _exists(text: str) -> bool:
+    """Whether a path exists; a text too long to be a file name (a long query) does not."""
+    try:
+        return Path(text).exists()
+    except OSError:
+        return False
+
+
 def _report_single(summary: Any, item: Any, args: argparse.Namespace) -> int:
     if summary.failed:
         print(f"querysep: error: {summary.failures[0]['error']}", file=sys.stderr)
@@ -427,12 +453,12 @@ def _split_inputs(values: list[str], args: argparse.Namespace) -> tuple[list[str
 
     from querysep.batch import AUDIO_SUFFIXES
 
+    if any(not v.strip() for v in values):
+        raise QuerysepError("an INPUT or QUERY is empty: give a file, folder, glob or text")
     if len(values) < 2 and not (values and args.manifest is not None):
         return list(values), None
     last = values[-1]
-    is_input = (
-        Path(last).exists() or Path(last).suffix.lower() in AUDIO_SUFFIXES or glob.has_magic(last)
-    )
+    is_input = _exists(last) or Path(last).suffix.lower() in AUDIO_SUFFIXES or glob.has_magic(last)
     return (list(values), None) if is_input else (list(values[:-1]), last)
 
 

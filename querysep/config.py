@@ -27,6 +27,8 @@ def load_config(path: str | Path) -> dict[str, Any]:
         raw = json.loads(text) if path.suffix == ".json" else yaml.safe_load(text)
     except (OSError, UnicodeDecodeError, yaml.YAMLError, json.JSONDecodeError) as exc:
         raise ConfigError(f"cannot parse config {path}: {first_line(exc)}") from None
+    except RecursionError:  # `[[[[...` nested deeper than the parser's stack
+        raise ConfigError(f"cannot parse config {path}: nested too deeply") from None
     return normalize_config(raw, where=str(path))
 
 
@@ -50,7 +52,10 @@ def normalize_config(raw: Any, where: str = "config") -> dict[str, Any]:
     qe = cfg["query_encoder"]
     if not isinstance(qe, dict) or not (qe.get("tiny") or qe.get("hub_id") or qe.get("path")):
         raise ConfigError(f"{where}: query_encoder needs one of tiny: true, hub_id: ..., path: ...")
-    inference = {**DEFAULT_INFERENCE, **(cfg.get("inference") or {})}
+    given = cfg.get("inference") or {}
+    if not isinstance(given, dict):
+        raise ConfigError(f"{where}: 'inference' must be a mapping")
+    inference = {**DEFAULT_INFERENCE, **given}
     validate_inference(inference, where)
     cfg["inference"] = inference
     return cfg
@@ -62,11 +67,16 @@ def validate_inference(inference: dict[str, Any], where: str = "inference") -> N
         inference["overlap"],
         inference["batch_size"],
     )
-    if not isinstance(chunk, (int, float)) or not 0.1 <= chunk <= 600:
+    if not _real(chunk) or not 0.1 <= chunk <= 600:
         raise ConfigError(f"{where}: chunk_seconds must be between 0.1 and 600, got {chunk!r}")
-    if not isinstance(overlap, (int, float)) or not 0 <= overlap < 1:
+    if not _real(overlap) or not 0 <= overlap < 1:
         raise ConfigError(f"{where}: overlap is a fraction in [0, 1), got {overlap!r}")
     if batch != "auto" and (not isinstance(batch, int) or isinstance(batch, bool) or batch < 1):
         raise ConfigError(
             f"{where}: batch_size must be 'auto' or a positive integer, got {batch!r}"
         )
+
+
+def _real(value: Any) -> bool:
+    """A number of seconds or a fraction: an int or float, not a bool (True is not 1 s)."""
+    return isinstance(value, (int, float)) and not isinstance(value, bool)

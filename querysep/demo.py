@@ -184,9 +184,9 @@ def build_queries(
         )
     queries = [Query.from_text(t) for t in texts]
     if example:
-        w = 0.5 if example_weight is None else float(example_weight)
-        if not 0 <= w <= 1:
-            raise QueryError(f"the example weight must be between 0 and 1, got {w:g}")
+        w = 0.5 if example_weight is None else example_weight
+        if isinstance(w, bool) or not isinstance(w, (int, float)) or not 0 <= w <= 1:
+            raise QueryError(f"the example weight must be a number between 0 and 1, got {w!r}")
         clip = AudioQuery(example)
         first = Query.make(texts[0], clip, weights=(1 - w, w)) if texts else Query.make(audio=clip)
         queries = [first, *queries[1:]]
@@ -496,6 +496,9 @@ class DemoHandler:
 
         if not path:
             raise QuerysepError(f"{what} is missing: upload or record one")
+        if not os.path.isfile(path):
+            qaudio.info(path)  # names what is wrong (no such file, a folder) as an AudioError
+            raise QuerysepError(f"{what} is not a file: upload or record one")
         size_mb = os.path.getsize(path) / 2**20
         if size_mb > self.limits.max_file_mb:
             raise QuerysepError(

@@ -194,10 +194,10 @@ def verify_packaged(directory: Path) -> Path:
     sums = directory / SUMS_NAME
     try:
         lines = sums.read_text(encoding="utf-8").splitlines()
-    except OSError as exc:
+    except (OSError, UnicodeDecodeError) as exc:
         raise ModelLoadError(
             f"the packaged model in {directory} is incomplete ({SUMS_NAME}: "
-            f"{exc.strerror or exc}): reinstall querysep"
+            f"{getattr(exc, 'strerror', None) or exc}): reinstall querysep"
         ) from None
     expected = {}
     for line in lines:

@@ -29,8 +29,15 @@ def resolve_device(device: str | torch.device | None = "auto") -> torch.device:
         raise QuerysepError(
             f"unknown device {device!r} (use auto, cpu, cuda, cuda:N or mps)"
         ) from None
+    if dev.type not in ("cpu", "cuda", "mps"):  # meta holds no data; others are not supported
+        raise QuerysepError(f"unsupported device {device!r} (use auto, cpu, cuda, cuda:N or mps)")
     if dev.type == "cuda" and not torch.cuda.is_available():
         raise QuerysepError(f"device {device!r} requested but CUDA is not available")
+    if dev.type == "cuda" and dev.index is not None and dev.index >= torch.cuda.device_count():
+        raise QuerysepError(
+            f"device {device!r} requested but this machine has {torch.cuda.device_count()} "
+            "CUDA device(s)"
+        )
     if dev.type == "mps" and not torch.backends.mps.is_available():
         raise QuerysepError("device 'mps' requested but MPS is not available")
     return dev

@@ -77,8 +77,19 @@ class SeparationResult:
         target_path, residual_path = output_paths(directory, stem, self.query, format)
         for path in (target_path, residual_path):
             qaudio.refuse_overwrite(path, self.query.files)
-        qaudio.save(target_path, self.target, self.sample_rate, subtype=subtype)
-        qaudio.save(residual_path, self.residual, self.sample_rate, subtype=subtype)
+        writers = [
+            qaudio.AudioWriter(p, self.sample_rate, a.shape[0], subtype=subtype, deferred=True)
+            for p, a in ((target_path, self.target), (residual_path, self.residual))
+        ]
+        try:
+            for writer, audio in zip(writers, (self.target, self.residual), strict=True):
+                with writer:
+                    writer.write(audio)
+        except BaseException:
+            for writer in writers:
+                writer.discard()
+            raise
+        qaudio.publish_together(writers)  # the pair appears together, or not at all
         return target_path, residual_path
 
 
@@ -662,6 +673,8 @@ def _read_bundle_config(directory: Path) -> dict[str, Any]:
         raw = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise ModelLoadError(f"cannot read {path}: {exc}") from None
+    except RecursionError:
+        raise ModelLoadError(f"cannot read {path}: it is nested too deeply") from None
     cfg = normalize_config(raw, where=str(path))
     if "dim" not in cfg["query_encoder"]:
         raise ModelLoadError(f"{path}: query_encoder.dim is missing")

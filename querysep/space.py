@@ -170,14 +170,22 @@ def _readme(root: Path) -> str:
 
 
 def _build_wheel(root: Path, out: Path) -> None:
-    """pip builds the wheel (in the checkout's gitignored build/) with the setuptools installed
-    here: no build isolation, so no download."""
+    """pip builds the wheel from a copy of the package's sources (the checkout gets no build/
+    folder) with the setuptools installed here: no build isolation, so no download."""
+    import tempfile
+
     out.mkdir(parents=True)
-    cmd = [sys.executable, "-m", "pip", "wheel", "--quiet", "--no-deps", "--no-build-isolation",
-           "--wheel-dir", str(out), str(root)]  # fmt: skip
-    done = subprocess.run(
-        cmd, capture_output=True, text=True, env={**os.environ, "PIP_NO_INPUT": "1"}
-    )
+    with tempfile.TemporaryDirectory() as scratch:
+        src = Path(scratch)
+        for name in ("pyproject.toml", "README.md", "LICENSE"):
+            if (root / name).is_file():
+                shutil.copy2(root / name, src / name)
+        skip = shutil.ignore_patterns("__pycache__", "*.pyc")
+        shutil.copytree(root / "querysep", src / "querysep", ignore=skip)
+        cmd = [sys.executable, "-m", "pip", "wheel", "--quiet", "--no-deps",
+               "--no-build-isolation", "--wheel-dir", str(out), str(src)]  # fmt: skip
+        env = {**os.environ, "PIP_NO_INPUT": "1"}
+        done = subprocess.run(cmd, capture_output=True, text=True, env=env)
     if done.returncode != 0 or not list(out.glob("querysep-*.whl")):
         reason = (done.stderr.strip().splitlines() or ["pip wheel failed"])[-1]
         raise QuerysepError(f"cannot build the querysep wheel: {reason}")

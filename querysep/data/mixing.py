@@ -7,6 +7,7 @@ sets fixed without storing them.
 
 from __future__ import annotations
 
+import math
 import warnings
 from collections import OrderedDict
 from collections.abc import Callable
@@ -55,13 +56,21 @@ class MixingConfig:
         if unknown:
             raise ConfigError(f"mixing: unknown keys {sorted(unknown)}")
         cfg = cls(**raw)
-        cfg.interferers = tuple(int(x) for x in cfg.interferers)  # type: ignore[assignment]
-        cfg.snr_db = tuple(float(x) for x in cfg.snr_db)  # type: ignore[assignment]
+        cfg.interferers = _pair(cfg.interferers, "interferers", int)  # type: ignore[assignment]
+        cfg.snr_db = _pair(cfg.snr_db, "snr_db", float)  # type: ignore[assignment]
         lo, hi = cfg.interferers
         if not 1 <= lo <= hi:
             raise ConfigError(f"mixing.interferers must be 1 <= min <= max, got {cfg.interferers}")
+        if cfg.snr_db[0] > cfg.snr_db[1]:
+            raise ConfigError(f"mixing.snr_db must be [min, max], got {list(cfg.snr_db)}")
+        if not _number(cfg.seconds) or not 0 < cfg.seconds <= 3600:
+            raise ConfigError(f"mixing.seconds must be a number in (0, 3600], got {cfg.seconds!r}")
+        for name, low in (("sample_rate", 1), ("cache_clips", 0)):
+            value = getattr(cfg, name)
+            if not _number(value) or value != int(value) or value < low:
+                raise ConfigError(f"mixing.{name} must be a whole number >= {low}, got {value!r}")
         for name in ("audio_query_share", "negative_share", "absent_share"):
-            if not 0 <= getattr(cfg, name) <= 1:
+            if not _number(getattr(cfg, name)) or not 0 <= getattr(cfg, name) <= 1:
                 raise ConfigError(f"mixing.{name} must be in [0, 1]")
         if (
             isinstance(cfg.absent_from, bool)
@@ -76,6 +85,20 @@ class MixingConfig:
         if cfg.match not in ("energy", "lufs"):
             raise ConfigError("mixing.match must be 'energy' or 'lufs'")
         return cfg
+
+
+def _number(value: Any) -> bool:
+    """A finite int or float (not a bool, not text)."""
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def _pair(value: Any, name: str, kind: type) -> tuple[Any, Any]:
+    """[min, max] of finite numbers (whole ones for `kind` int), as a tuple of `kind`."""
+    if not isinstance(value, (list, tuple)) or len(value) != 2 or not all(map(_number, value)):
+        raise ConfigError(f"mixing.{name} must be [min, max] numbers, got {value!r}")
+    if kind is int and any(v != int(v) for v in value):
+        raise ConfigError(f"mixing.{name} must be whole numbers, got {value!r}")
+    return kind(value[0]), kind(value[1])
 
 
 class MixingDataset(Dataset):

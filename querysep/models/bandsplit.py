@@ -25,6 +25,9 @@ from querysep.nn.rope import Rotary, rotate
 
 #: Bounds on what a config may ask for before anything is built (bundles are untrusted).
 MAX_N_FFT = 1 << 16
+#: Blocks are Python objects: even on the meta device (the check of an untrusted bundle) ten
+#: thousand of them take a minute to build, so depth is bounded like n_fft and num_bands.
+MAX_DEPTH = 128
 
 DEFAULTS: dict[str, Any] = {
     "n_fft": 2048,
@@ -206,6 +209,8 @@ class BandSplitSeparator(SeparatorModel):
                 raise ConfigError(f"bandsplit: {key} must be a positive integer, got {c[key]!r}")
         if c["n_fft"] > MAX_N_FFT:
             raise ConfigError(f"bandsplit: n_fft must be at most {MAX_N_FFT}, got {c['n_fft']}")
+        if c["depth"] > MAX_DEPTH:
+            raise ConfigError(f"bandsplit: depth must be at most {MAX_DEPTH}, got {c['depth']}")
         if c["hop_length"] > c["n_fft"]:
             raise ConfigError("bandsplit: hop_length must not exceed n_fft")
         if c["dim_head"] % 2:

@@ -48,7 +48,9 @@ class SeparatorModel(nn.Module):
         not something silently ignored."""
         unknown = set(config) - set(defaults) - {"sample_rate", "query_dim"}
         if unknown:
-            raise ConfigError(f"{self.family}: unknown config keys {sorted(unknown)}")
+            names = sorted(map(str, unknown))
+            more = f" (+{len(names) - 5} more)" if len(names) > 5 else ""
+            raise ConfigError(f"{self.family}: unknown config keys {names[:5]}{more}")
         self.hparams = {**defaults, **config}
         return self.hparams
 

@@ -66,6 +66,7 @@ DEFAULTS: dict[str, Any] = {
     "project_hop": 512,
 }
 OUTPUTS = ("project", "raw")
+MAX_DEPTH = 128
 _POSITIVE_INTS = (
     "dim",
     "depth",
@@ -407,6 +408,8 @@ def _validate(c: dict[str, Any]) -> None:
     for key in _POSITIVE_INTS:
         if not isinstance(c[key], int) or isinstance(c[key], bool) or c[key] < 1:
             raise ConfigError(f"flow: {key} must be a positive integer, got {c[key]!r}")
+    if c["depth"] > MAX_DEPTH:  # blocks are Python objects, slow to build even on meta
+        raise ConfigError(f"flow: depth must be at most {MAX_DEPTH}, got {c['depth']}")
     if c["dim_head"] % 2:
         raise ConfigError("flow: dim_head must be even (rotary embedding)")
     if c["project_hop"] > c["project_n_fft"]:

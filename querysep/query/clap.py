@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import json
 import warnings
 from collections import OrderedDict
 from collections.abc import Iterator, Sequence
@@ -72,18 +73,41 @@ class ClapQueryEncoder:
         from transformers.utils import logging as hf_logging
 
         source = str(name_or_path)
+        # A local folder (a bundle's query_encoder/) is read like the bundle: safetensors only
+        # (pickles can run code), and every weight present: transformers would fill a missing
+        # tensor with random values and only log a report.
+        local = Path(source).is_dir()
+        if local:
+            _require_clap_config(Path(source))
         bars = hf_logging.is_progress_bar_enabled()
+        verbosity = hf_logging.get_verbosity()
         hf_logging.disable_progress_bar()  # a weight-loading bar per query encoder is noise
+        if local:
+            hf_logging.set_verbosity_error()  # the load report: its gist becomes the error
         try:
-            model = ClapModel.from_pretrained(source, revision=revision)
+            model, info = ClapModel.from_pretrained(
+                source,
+                revision=revision,
+                output_loading_info=True,
+                **({"use_safetensors": True} if local else {}),
+            )
             processor = ClapProcessor.from_pretrained(source, revision=revision)
         except Exception as exc:  # hub, network, or file-format errors all mean "cannot load"
             raise ModelLoadError(
                 _describe_load_failure("CLAP query encoder", source, exc)
             ) from None
         finally:
+            hf_logging.set_verbosity(verbosity)
             if bars:
                 hf_logging.enable_progress_bar()
+        incomplete = [*info.get("missing_keys", ()), *info.get("mismatched_keys", ())]
+        if local and incomplete:
+            names = ", ".join(str(k) for k in sorted(incomplete, key=str)[:3])
+            more = f" (+{len(incomplete) - 3} more)" if len(incomplete) > 3 else ""
+            raise ModelLoadError(
+                f"the CLAP query encoder in {source} lacks weights or has them in the wrong "
+                f"shape: {names}{more}"
+            )
         return cls(model, processor, source=source)
 
     @classmethod
@@ -144,7 +168,7 @@ class ClapQueryEncoder:
     def _encode_text(self, texts: list[str]) -> Tensor:
         tokenizer = self.processor.tokenizer
         for text in texts:
-            n = len(tokenizer(text)["input_ids"])
+            n = len(tokenizer(text, verbose=False)["input_ids"])  # counted, not truncated
             if n > self.max_text_tokens:
                 warnings.warn(
                     f"query text is {n} tokens; CLAP reads only the first {self.max_text_tokens}: "
@@ -260,6 +284,19 @@ def _pooled(out: Any) -> Tensor:
 
 def _unit(x: Tensor) -> Tensor:
     return torch.nn.functional.normalize(x, dim=-1)
+
+
+def _require_clap_config(folder: Path) -> None:
+    """A local folder must hold a CLAP config: given any other folder (a bundle's root, say),
+    transformers would build a full-size default CLAP before finding the weights do not fit."""
+    try:
+        kind = json.loads((folder / "config.json").read_text(encoding="utf-8")).get("model_type")
+    except (OSError, ValueError, AttributeError, RecursionError):
+        kind = None
+    if kind != "clap":
+        raise ModelLoadError(
+            f"{folder} is not a CLAP model folder (no config.json with model_type clap)"
+        )
 
 
 def _describe_load_failure(what: str, source: str, exc: Exception) -> str:

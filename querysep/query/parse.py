@@ -129,8 +129,10 @@ class Query:
             raise QueryError(f"query weights must be numbers, got {weights}")
         if len(weights) != len(self.positives):
             raise QueryError(f"{len(self.positives)} query parts but {len(weights)} weights")
-        if any(not (w >= 0) for w in weights) or sum(weights) <= 0:
-            raise QueryError(f"query weights must be non-negative and not all zero: {weights}")
+        if any(not 0 <= w < float("inf") for w in weights) or sum(weights) <= 0:
+            raise QueryError(
+                f"query weights must be finite, non-negative and not all zero: {weights}"
+            )
         object.__setattr__(self, "weights", tuple(float(w) for w in weights))
         if self.mode not in ("extract", "remove"):
             raise QueryError(f"query mode must be 'extract' or 'remove', not {self.mode!r}")
@@ -185,6 +187,12 @@ class Query:
         if len(modes) > 1 and mode is None:
             raise QueryError("one query cannot both extract and remove: split it into two queries")
         negatives.extend(_as_parts(negative))
+        if weights is not None and (
+            isinstance(weights, (str, bytes)) or not hasattr(weights, "__iter__")
+        ):
+            raise QueryError(
+                f"weights must be a list or tuple of numbers, one per query part, got {weights!r}"
+            )
         return cls(
             tuple(parts),
             tuple(weights) if weights is not None else (),

@@ -102,6 +102,13 @@ class SeparationLoss(nn.Module):
                 f"unknown loss terms {sorted(unknown)}; known: {list(self.NAMES)} "
                 "(and silent_floor_db)"
             )
+        for name, value in weights.items():
+            if (
+                isinstance(value, bool)
+                or not isinstance(value, int | float)
+                or not 0 <= value < math.inf
+            ):
+                raise ConfigError(f"loss.{name} must be a finite weight >= 0, got {value!r}")
         self.weights = {k: float(v) for k, v in weights.items() if float(v) != 0}
         if not self.weights:
             raise ConfigError("the loss needs at least one non-zero weight")

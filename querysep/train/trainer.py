@@ -83,8 +83,10 @@ def load_train_config(path: str | Path | None, overrides: list[str] | None = Non
             raise ConfigError(f"training config not found: {path}")
         try:
             raw = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
-        except yaml.YAMLError as exc:
+        except (yaml.YAMLError, UnicodeDecodeError, OSError) as exc:
             raise ConfigError(f"cannot parse {path}: {first_line(exc)}") from None
+        except RecursionError:  # `[[[[...` nested deeper than the parser's stack
+            raise ConfigError(f"cannot parse {path}: nested too deeply") from None
     cfg = _merge(DEFAULTS, raw, "config")
     for item in overrides or []:
         key, sep, value = item.partition("=")
@@ -105,6 +107,7 @@ def load_train_config(path: str | Path | None, overrides: list[str] | None = Non
     if cfg["train"]["clip"]["mode"] not in ("fixed", "autoclip", "none"):
         raise ConfigError("train.clip.mode must be fixed, autoclip or none")
     _check_numbers(cfg)
+    _check_others(cfg)
     precision = cfg["train"]["mixed_precision"]
     if precision is False:  # YAML 1.1 reads an unquoted `no` as false
         cfg["train"]["mixed_precision"] = precision = "no"
@@ -142,6 +145,47 @@ def _check_numbers(cfg: dict, defaults: dict = DEFAULTS, where: str = "") -> Non
                 raise ConfigError(f"{name} must be {bound}, got {value!r}")
 
 
+#: Experiment trackers Accelerate knows (`none` or null: no tracker).
+TRACKERS = ("none", "all", "aim", "tensorboard", "wandb", "trackio", "comet_ml", "mlflow",
+            "clearml", "dvclive", "swanlab")  # fmt: skip
+
+
+def _check_others(cfg: dict) -> None:
+    """The keys `_check_numbers` cannot cover (no numeric default): each becomes one line here
+    rather than a TypeError inside the optimizer or Accelerate."""
+    betas = cfg["optim"]["betas"]
+    if (
+        not isinstance(betas, list)
+        or len(betas) != 2
+        or not all(isinstance(b, (int, float)) and not isinstance(b, bool) for b in betas)
+        or not all(0 <= b < 1 for b in betas)
+    ):
+        raise ConfigError(f"optim.betas must be two numbers in [0, 1), got {betas!r}")
+    freeze = cfg["model"]["freeze"]
+    if not isinstance(freeze, list) or not all(isinstance(p, str) and p for p in freeze):
+        raise ConfigError(f"model.freeze must be a list of parameter-name prefixes, got {freeze!r}")
+    for key in ("min_lr_ratio", "decay_fraction"):
+        if not 0 <= cfg["optim"][key] <= 1:
+            raise ConfigError(f"optim.{key} must be in [0, 1], got {cfg['optim'][key]!r}")
+    ema = cfg["train"]["ema"]
+    if ema is not None and (
+        isinstance(ema, bool) or not isinstance(ema, (int, float)) or not 0 <= ema < 1
+    ):
+        raise ConfigError(f"train.ema must be null (or 0: off) or a decay in (0, 1), got {ema!r}")
+    out = cfg["output_dir"]
+    if not isinstance(out, str) or not out.strip():
+        raise ConfigError(f"output_dir must be a folder name, got {out!r}")
+    tracker = cfg["train"]["tracker"]
+    named = tracker if isinstance(tracker, list) else [tracker]
+    known = all(isinstance(t, str) and t in TRACKERS for t in named)
+    if tracker not in (None, False) and not known:
+        raise ConfigError(f"train.tracker is one of {', '.join(TRACKERS)}, got {tracker!r}")
+    if not isinstance(cfg["data"]["mixing"], dict):
+        raise ConfigError(f"data.mixing must be a mapping, got {cfg['data']['mixing']!r}")
+    if not isinstance(cfg["loss"], dict):
+        raise ConfigError(f"loss must be a mapping, got {cfg['loss']!r}")
+
+
 def _merge(defaults: dict, raw: Any, where: str) -> dict:
     if not isinstance(raw, dict):
         raise ConfigError(f"{where} must be a mapping")
@@ -165,6 +209,11 @@ def _set(cfg: dict, dotted: str, value: Any) -> None:
         node = node[part]
     if last not in node and not (parents and parents[-1] == "mixing"):
         raise ConfigError(f"--set: {dotted} is not a config key")
+    default: Any = DEFAULTS
+    for part in (*parents, last):
+        default = default.get(part) if isinstance(default, dict) else None
+    if isinstance(default, dict) and not isinstance(value, dict):
+        raise ConfigError(f"--set: {dotted} is a section; set one of its keys ({dotted}.KEY=...)")
     node[last] = value
 
 
