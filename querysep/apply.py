@@ -12,12 +12,14 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
-from typing import Protocol
+from pathlib import Path
+from typing import Any, Protocol
 
 import numpy as np
 import torch
 from torch import Tensor
 
+from querysep import audio as qaudio
 from querysep.audio import StreamResampler, fit_length
 from querysep.errors import QuerysepError
 
@@ -270,3 +272,35 @@ class _Fifo:
 def iter_array_blocks(audio: np.ndarray, block_frames: int) -> Iterator[np.ndarray]:
     for i in range(0, audio.shape[1], block_frames):
         yield audio[:, i : i + block_frames]
+
+
+#: Input block length: files are decoded this much at a time.
+BLOCK_SECONDS = 10.0
+
+
+@dataclass
+class Source:
+    """Audio to separate, streamed in blocks: a file (never read whole) or an array."""
+
+    sample_rate: int
+    channels: int
+    frames: int
+    blocks: Callable[[], Any]
+    stem: str = "mixture"
+
+
+def open_source(audio: Any, sample_rate: int | None) -> Source:
+    """A path or an array -> a source that streams blocks (files are never read whole)."""
+    if isinstance(audio, (str, Path)):
+        if sample_rate is not None:
+            raise QuerysepError("sample_rate is for array input; a file carries its own rate")
+        info = qaudio.info(audio)
+        block = max(1024, int(BLOCK_SECONDS * info.sample_rate))
+        read = lambda: qaudio.read_blocks(audio, block)  # noqa: E731
+        return Source(info.sample_rate, info.channels, info.frames, read, Path(audio).stem)
+    if sample_rate is None:
+        raise QuerysepError("array input needs sample_rate=... (the rate of the samples)")
+    array = qaudio.to_array(audio, sample_rate)
+    rate = int(sample_rate)
+    block = max(1024, int(BLOCK_SECONDS * rate))
+    return Source(rate, array.shape[0], array.shape[1], lambda: iter_array_blocks(array, block))

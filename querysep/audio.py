@@ -9,7 +9,7 @@ from __future__ import annotations
 import os
 import struct
 import tempfile
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
@@ -19,7 +19,7 @@ import numpy as np
 import soundfile as sf
 import soxr
 
-from querysep.errors import AudioError, first_line
+from querysep.errors import AudioError, QueryError, first_line
 
 MIN_SAMPLE_RATE = 1_000
 MAX_SAMPLE_RATE = 384_000
@@ -426,3 +426,14 @@ def refuse_overwrite(output: str | Path, inputs: Iterable[str | Path]) -> None:
             raise AudioError(
                 f"refusing to overwrite the input {inp}: choose another output directory"
             )
+
+
+def check_outputs(paths: Sequence[tuple[Path, Path]], inputs: Sequence[Path], force: bool) -> None:
+    """Output names must be distinct, never an input, and (unless `force`) not present yet."""
+    flat = [p for pair in paths for p in pair]
+    if len(set(flat)) != len(flat):
+        raise QueryError("two queries map to the same output file name: make them different")
+    for p in flat:
+        refuse_overwrite(p, inputs)
+        if not force and p.exists():
+            raise AudioError(f"{p} exists: remove it, or pass --force to replace it")

@@ -463,7 +463,8 @@ def _do_item(
     plan: Any,
     progress: bool = False,
 ) -> dict[str, Any]:
-    from querysep.separator import check_outputs, open_source
+    from querysep.apply import open_source
+    from querysep.audio import check_outputs
 
     start = time.perf_counter()
     pairs = item.outputs(outdir, format)

@@ -463,7 +463,8 @@ def _split_inputs(values: list[str], args: argparse.Namespace) -> tuple[list[str
 
 
 def _init_model(args: argparse.Namespace) -> int:
-    from querysep.separator import CONFIG_NAME, Separator
+    from querysep.bundle import CONFIG_NAME
+    from querysep.separator import Separator
 
     if (args.outdir / CONFIG_NAME).exists() and not args.force:
         raise QuerysepError(f"{args.outdir} already holds a bundle: pass --force to replace it")

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import sys
 import tempfile
@@ -387,3 +388,39 @@ def pack(bundle: str | Path, out: str | Path, *, sounds: dict | None = None) -> 
 
     atomic_dir(out, write)
     return out
+
+
+def locate(name: str, revision: str | None = None) -> Path:
+    """A registry name, a bundle folder or a Hub repo id -> the bundle's local folder."""
+    from querysep.bundle import CONFIG_NAME, QUERY_ENCODER_DIR, WEIGHTS_NAME
+
+    entry = lookup(name)
+    if entry is not None:
+        return materialize(name)
+    path = Path(name).expanduser()
+    if path.is_dir():
+        return path
+    if path.exists():
+        raise ModelLoadError(
+            f"{name} is a file; a model is a bundle directory with {CONFIG_NAME} and {WEIGHTS_NAME}"
+        )
+    if not re.fullmatch(r"[\w.-]+/[\w.-]+", name):
+        known = ", ".join(names()) or "none yet"
+        raise ModelLoadError(
+            f"model {name!r} is not a directory, a Hub id or a known name (known: {known})"
+        )
+    from huggingface_hub import snapshot_download
+
+    try:
+        local = snapshot_download(
+            name,
+            revision=revision,
+            allow_patterns=[CONFIG_NAME, WEIGHTS_NAME, f"{QUERY_ENCODER_DIR}/*"],
+        )
+    except Exception as exc:
+        first = first_line(exc)
+        raise ModelLoadError(
+            f"model {name!r} is not a local directory, and fetching it from the Hugging Face "
+            f"Hub failed (offline and not cached?): {first}"
+        ) from None
+    return Path(local)

@@ -1,17 +1,10 @@
-"""`Separator`: a separator model + its query encoder, saved and loaded as one bundle.
-
-Bundle layout (a directory, or a Hugging Face Hub repo with the same files):
-
-    config.json          family, hyper-parameters, sample rate, query-encoder spec, version
-    model.safetensors    separator weights
-    query_encoder/       ClapModel + ClapProcessor files (absent when config names a hub id)
-"""
+"""`Separator`: a separator model + its query encoder, and how a recording goes through them:
+queries embedded once, overlap-added chunks (`apply.py`), target and residual written together.
+Bundles on disk are `bundle.py`; names are resolved by `pretrained.py`."""
 
 from __future__ import annotations
 
 import dataclasses
-import json
-import re
 import warnings
 from collections.abc import Callable, Sequence
 from contextlib import ExitStack
@@ -23,31 +16,24 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from querysep import __version__, pretrained
 from querysep import audio as qaudio
-from querysep.apply import ChunkFn, ChunkPlan, iter_array_blocks, stream_separate
+from querysep import bundle, pretrained
+from querysep.apply import ChunkFn, ChunkPlan, Source, open_source, stream_separate
 from querysep.config import (
     AUTO_ACCELERATOR_BATCH,
     load_config,
     normalize_config,
     validate_inference,
 )
-from querysep.errors import ConfigError, ModelLoadError, QueryError, QuerysepError, first_line
-from querysep.files import atomic_dir, atomic_write
-from querysep.models import SeparatorModel, build_model, family_class
+from querysep.errors import ModelLoadError, QueryError
+from querysep.models import SeparatorModel, build_model
 from querysep.options import SAMPLER_SETTINGS, SeparationOptions
 from querysep.query import ClapQueryEncoder, Query, as_queries
 from querysep.query.parse import slug
 from querysep.runtime import resolve_device, resolve_dtype
 
-CONFIG_NAME = "config.json"
-WEIGHTS_NAME = "model.safetensors"
-QUERY_ENCODER_DIR = "query_encoder"
-TINY_CLAP_DIM = 16
 #: How strongly a negative query is subtracted for models that cannot take one natively.
 NEGATIVE_FOLD = 0.5
-_PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl")
-_BLOCK_SECONDS = 10.0
 
 
 @dataclass
@@ -153,50 +139,13 @@ class Separator:
         revision: str | None = None,
     ) -> Separator:
         """A registry name, a local bundle directory or a Hub repo id."""
-        directory = _locate_bundle(str(name_or_path), revision)
-        cfg = _read_bundle_config(directory)
-        _refuse_pickles(directory)
-        model_cfg = {
-            **cfg["model"],
-            "sample_rate": cfg["sample_rate"],
-            "query_dim": cfg["query_encoder"]["dim"],
-        }
-        _check_against_weights(cfg["family"], model_cfg, directory / WEIGHTS_NAME)
-        model = build_model(cfg["family"], model_cfg)
-        _load_weights(model, directory / WEIGHTS_NAME)
-        qe_spec = cfg["query_encoder"]
-        encoder = None
-        if qe_spec.get("path"):
-            encoder = ClapQueryEncoder.from_pretrained(_inside(directory, qe_spec["path"]))
-        sep = cls(model, cfg, encoder)
-        return sep.to(device, dtype)
+        model, cfg, encoder = bundle.load(pretrained.locate(str(name_or_path), revision))
+        return cls(model, cfg, encoder).to(device, dtype)
 
     def save_pretrained(self, directory: str | Path) -> Path:
-        """Writes the bundle; files land under temporary names first, then move into place."""
-        directory = Path(directory)
-        directory.mkdir(parents=True, exist_ok=True)
-        from safetensors.torch import save_file
-
-        cfg = dict(self.config)
-        cfg["querysep_version"] = __version__
-        qe_spec = {k: v for k, v in cfg["query_encoder"].items() if k not in ("tiny", "path")}
-        if "hub_id" not in qe_spec:  # tiny or local encoders travel inside the bundle
-            atomic_dir(directory / QUERY_ENCODER_DIR, self.query_encoder.save_pretrained)
-            qe_spec = {"path": QUERY_ENCODER_DIR, "dim": self.query_encoder.dim}
-        cfg["query_encoder"] = qe_spec
-        state = {
-            k: v.detach().float().contiguous().cpu() for k, v in self.model.state_dict().items()
-        }
-        atomic_write(
-            directory / WEIGHTS_NAME, lambda p: save_file(state, str(p), metadata={"format": "pt"})
-        )
-        atomic_write(
-            directory / CONFIG_NAME,
-            lambda p: p.write_text(
-                json.dumps(cfg, indent=2, sort_keys=True) + "\n", encoding="utf-8"
-            ),
-        )
-        return directory
+        """Writes the bundle (see `querysep.bundle`)."""
+        encoder = None if "hub_id" in self.config["query_encoder"] else self.query_encoder
+        return bundle.save(directory, self.model, self.config, encoder)
 
     # -- properties -----------------------------------------------------------------------
     @property
@@ -411,7 +360,9 @@ class Separator:
         source = open_source(input_path, None)
         stem = stem or Path(input_path).stem
         paths = [output_paths(output_dir, stem, q, format) for q in queries]
-        check_outputs(paths, [Path(input_path), *(f for q in queries for f in q.files)], force)
+        qaudio.check_outputs(
+            paths, [Path(input_path), *(f for q in queries for f in q.files)], force
+        )
         fn = self.chunk_fn(queries, opts)
         self.write_files(
             source, queries, paths, fn, self.plan(opts), subtype=subtype, progress=progress
@@ -420,7 +371,7 @@ class Separator:
 
     def write_files(
         self,
-        source: _Source,
+        source: Source,
         queries: Sequence[Query],
         paths: Sequence[tuple[Path, Path]],
         fn: ChunkFn,
@@ -469,7 +420,7 @@ class Separator:
 
     def _stream(
         self,
-        source: _Source,
+        source: Source,
         num_outputs: int,
         write: Callable[[int, np.ndarray, np.ndarray], None],
         fn: ChunkFn,
@@ -555,32 +506,6 @@ def _settings(scope: dict[str, Any]) -> dict[str, Any]:
     return {f.name: scope[f.name] for f in dataclasses.fields(SeparationOptions)}
 
 
-@dataclass
-class _Source:
-    sample_rate: int
-    channels: int
-    frames: int
-    blocks: Callable[[], Any]
-    stem: str = "mixture"
-
-
-def open_source(audio: Any, sample_rate: int | None) -> _Source:
-    """A path or an array -> a source that streams blocks (files are never read whole)."""
-    if isinstance(audio, (str, Path)):
-        if sample_rate is not None:
-            raise QuerysepError("sample_rate is for array input; a file carries its own rate")
-        info = qaudio.info(audio)
-        block = max(1024, int(_BLOCK_SECONDS * info.sample_rate))
-        read = lambda: qaudio.read_blocks(audio, block)  # noqa: E731
-        return _Source(info.sample_rate, info.channels, info.frames, read, Path(audio).stem)
-    if sample_rate is None:
-        raise QuerysepError("array input needs sample_rate=... (the rate of the samples)")
-    array = qaudio.to_array(audio, sample_rate)
-    rate = int(sample_rate)
-    block = max(1024, int(_BLOCK_SECONDS * rate))
-    return _Source(rate, array.shape[0], array.shape[1], lambda: iter_array_blocks(array, block))
-
-
 def _orient(query: Query, extracted: np.ndarray, rest: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """A "remove X" query asks for the rest: target = mixture - X, residual = X."""
     return (rest, extracted) if query.mode == "remove" else (extracted, rest)
@@ -591,7 +516,7 @@ class _FnSink:
         self.write = fn
 
 
-def _progress_bar(source: _Source, enabled: bool) -> Any:
+def _progress_bar(source: Source, enabled: bool) -> Any:
     if not enabled:
         return None
     from tqdm.auto import tqdm
@@ -603,151 +528,3 @@ def _progress_bar(source: _Source, enabled: bool) -> Any:
         desc="separating",
         bar_format="{l_bar}{bar}| {n:.1f}/{total:.1f} s [{elapsed}<{remaining}]",
     )
-
-
-def check_outputs(paths: Sequence[tuple[Path, Path]], inputs: Sequence[Path], force: bool) -> None:
-    """Output names must be distinct, never an input, and (unless `force`) not present yet."""
-    flat = [p for pair in paths for p in pair]
-    if len(set(flat)) != len(flat):
-        raise QueryError("two queries map to the same output file name: make them different")
-    for p in flat:
-        qaudio.refuse_overwrite(p, inputs)
-        if not force and p.exists():
-            raise QuerysepError(f"{p} exists: remove it, or pass --force to replace it")
-
-
-def _locate_bundle(name: str, revision: str | None) -> Path:
-    entry = pretrained.lookup(name)
-    if entry is not None:
-        return pretrained.materialize(name)
-    path = Path(name).expanduser()
-    if path.is_dir():
-        return path
-    if path.exists():
-        raise ModelLoadError(
-            f"{name} is a file; a model is a bundle directory with {CONFIG_NAME} and {WEIGHTS_NAME}"
-        )
-    if not re.fullmatch(r"[\w.-]+/[\w.-]+", name):
-        known = ", ".join(pretrained.names()) or "none yet"
-        raise ModelLoadError(
-            f"model {name!r} is not a directory, a Hub id or a known name (known: {known})"
-        )
-    from huggingface_hub import snapshot_download
-
-    try:
-        local = snapshot_download(
-            name,
-            revision=revision,
-            allow_patterns=[CONFIG_NAME, WEIGHTS_NAME, f"{QUERY_ENCODER_DIR}/*"],
-        )
-    except Exception as exc:
-        first = first_line(exc)
-        raise ModelLoadError(
-            f"model {name!r} is not a local directory, and fetching it from the Hugging Face "
-            f"Hub failed (offline and not cached?): {first}"
-        ) from None
-    return Path(local)
-
-
-def _inside(directory: Path, relative: Any) -> Path:
-    """`directory / relative`, refused unless it stays inside the bundle: a bundle from the Hub
-    must not load whatever sits at an absolute path or a `..` of the machine it lands on."""
-    if not isinstance(relative, str) or Path(relative).is_absolute():
-        raise ModelLoadError(
-            f"{directory / CONFIG_NAME}: query_encoder.path must be a folder inside the bundle, "
-            f"got {relative!r}"
-        )
-    path = (directory / relative).resolve()
-    if not path.is_relative_to(directory.resolve()):
-        raise ModelLoadError(
-            f"{directory / CONFIG_NAME}: query_encoder.path {relative!r} points outside the bundle"
-        )
-    return path
-
-
-def _read_bundle_config(directory: Path) -> dict[str, Any]:
-    path = directory / CONFIG_NAME
-    if not path.is_file():
-        raise ModelLoadError(f"{directory} is not a querysep bundle: {CONFIG_NAME} is missing")
-    try:
-        raw = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise ModelLoadError(f"cannot read {path}: {exc}") from None
-    except RecursionError:
-        raise ModelLoadError(f"cannot read {path}: it is nested too deeply") from None
-    cfg = normalize_config(raw, where=str(path))
-    if "dim" not in cfg["query_encoder"]:
-        raise ModelLoadError(f"{path}: query_encoder.dim is missing")
-    return cfg
-
-
-def _refuse_pickles(directory: Path) -> None:
-    if (directory / WEIGHTS_NAME).is_file():
-        return
-    pickles = [p.name for p in directory.iterdir() if p.suffix in _PICKLE_SUFFIXES]
-    if pickles:
-        raise ModelLoadError(
-            f"{directory} holds pickle weights ({', '.join(pickles)}), "
-            "which querysep refuses to load "
-            f"(they can run code); convert them to {WEIGHTS_NAME}"
-        )
-    raise ModelLoadError(f"{directory}: {WEIGHTS_NAME} is missing")
-
-
-def _check_against_weights(family: str, model_cfg: dict[str, Any], path: Path) -> None:
-    """Builds the model on the meta device (no memory) and compares its tensors with the
-    weights file's header, so a config asking for a 4 TB model is refused before anything is
-    allocated: bundles come from the Hub and are not trusted."""
-    from safetensors import SafetensorError, safe_open
-
-    try:
-        with safe_open(str(path), "pt") as f:
-            stored = {k: tuple(f.get_slice(k).get_shape()) for k in f.keys()}  # noqa: SIM118
-    except (SafetensorError, OSError, ValueError) as exc:
-        raise ModelLoadError(f"cannot read weights {path}: {first_line(exc)}") from None
-    if not family_class(family).builds_offline(model_cfg):  # a hub VAE: fetched once, not twice
-        return
-    try:
-        with torch.device("meta"):
-            probe = build_model(family, model_cfg)
-    except ConfigError:
-        raise
-    except Exception:  # a family that cannot be built on meta: load_state_dict still checks
-        return
-    expected = {k: tuple(v.shape) for k, v in probe.state_dict().items()}
-    problems = [f"missing {k}" for k in expected if k not in stored]
-    problems += [f"unexpected {k}" for k in stored if k not in expected]
-    problems += [
-        f"{k} is {list(stored[k])} in the file, {list(shape)} by the config"
-        for k, shape in expected.items()
-        if k in stored and stored[k] != shape
-    ]
-    if problems:
-        more = f" (+{len(problems) - 3} more)" if len(problems) > 3 else ""
-        raise ModelLoadError(
-            f"weights in {path} do not match the config: {'; '.join(problems[:3])}{more}"
-        )
-
-
-def _load_weights(model: SeparatorModel, path: Path) -> None:
-    from safetensors import SafetensorError
-    from safetensors.torch import load_file
-
-    try:
-        state = load_file(str(path))
-    except (SafetensorError, OSError, ValueError) as exc:
-        raise ModelLoadError(f"cannot read weights {path}: {exc}") from None
-    try:
-        result = model.load_state_dict(state, strict=False)
-    except RuntimeError as exc:  # shape mismatches
-        first = str(exc).strip().splitlines()
-        raise ModelLoadError(
-            f"weights in {path} do not fit the config: {first[-1].strip() if first else exc}"
-        ) from None
-    problems = []
-    if result.missing_keys:
-        problems.append(f"missing {', '.join(result.missing_keys[:5])}")
-    if result.unexpected_keys:
-        problems.append(f"unexpected {', '.join(result.unexpected_keys[:5])}")
-    if problems:
-        raise ModelLoadError(f"weights in {path} do not match the config: {'; '.join(problems)}")

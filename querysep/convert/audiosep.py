@@ -203,11 +203,11 @@ def convert_checkpoint(
     when complete: it is built in a sibling temporary directory and renamed.
     """
 
+    from querysep import bundle
     from querysep.convert import clap
     from querysep.files import atomic_dir, holds, sha256_file
     from querysep.models import build_model
     from querysep.query import ClapQueryEncoder
-    from querysep.separator import Separator
 
     outdir = Path(outdir)
     for given in (Path(checkpoint), Path(tokenizer_dir)):
@@ -244,7 +244,7 @@ def convert_checkpoint(
         feature_extractor=clap.feature_extractor(clap_model.config), tokenizer=tokenizer
     )
     encoder = ClapQueryEncoder(clap_model, processor, source=str(checkpoint))
-    atomic_dir(outdir, Separator(model, cfg, encoder).save_pretrained)
+    atomic_dir(outdir, lambda tmp: bundle.save(tmp, model, cfg, encoder))
     return ConversionReport(
         separator_mapped=len(sep.state),
         separator_dropped=sep.dropped,
