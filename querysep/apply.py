@@ -61,8 +61,19 @@ class ChunkPlan:
 class OverlapAdd:
     """Streaming engine: `push` blocks [C, n], get finished output blocks [K, C, m] back."""
 
-    def __init__(self, fn: ChunkFn, plan: ChunkPlan, channels: int, num_outputs: int):
+    def __init__(
+        self,
+        fn: ChunkFn,
+        plan: ChunkPlan,
+        channels: int,
+        num_outputs: int,
+        *,
+        stop_check: Callable[[], None] | None = None,
+    ):
+        """`stop_check` runs before every forward pass and may raise to stop the run (a
+        deadline, a cancelled request): a run stops within one batch of chunks."""
         self.fn, self.plan, self.channels, self.k = fn, plan, channels, num_outputs
+        self.stop_check = stop_check
         self._inp = torch.zeros(channels, 0)  # input samples from absolute index _inp_start
         self._inp_start = 0
         self._seen = 0  # input samples pushed so far
@@ -144,6 +155,8 @@ class OverlapAdd:
 
     def _run_model(self, rows: Tensor) -> Tensor:
         # Silent rows skip the model: silence in, exact silence out, and no wasted compute.
+        if self.stop_check is not None:
+            self.stop_check()
         active = rows.abs().amax(dim=-1) > 0
         out = torch.zeros(rows.shape[0], self.k, rows.shape[1])
         if bool(active.any()):
@@ -202,6 +215,7 @@ def stream_separate(
     num_outputs: int,
     sink: Sink,
     progress: Callable[[int], None] | None = None,
+    stop_check: Callable[[], None] | None = None,
 ) -> None:
     """Input-rate blocks -> model rate -> overlap-add -> input rate -> sink(target, residual).
 
@@ -211,7 +225,7 @@ def stream_separate(
     """
     to_model = StreamResampler(sample_rate, model_rate, channels)
     back = [StreamResampler(model_rate, sample_rate, channels) for _ in range(num_outputs)]
-    engine = OverlapAdd(fn, plan, channels, num_outputs)
+    engine = OverlapAdd(fn, plan, channels, num_outputs, stop_check=stop_check)
     mixture = _Fifo(channels)
     written = 0
 

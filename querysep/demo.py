@@ -30,9 +30,10 @@ import gradio as gr
 import numpy as np
 
 from querysep.errors import QueryError, QuerysepError, first_line
+from querysep.options import SAMPLER_SETTINGS, SeparationOptions
 from querysep.query import AudioQuery, Query
 from querysep.query.parse import slug
-from querysep.separator import SAMPLING_SETTINGS, SeparationResult, Separator, load
+from querysep.separator import SeparationResult, Separator, load, output_paths
 
 log = logging.getLogger(__name__)
 
@@ -207,63 +208,38 @@ class Job:
     queries: tuple[Query, ...]
     model: str
     negative: str | None = None
-    chunk_seconds: float | None = None
-    sampling: dict[str, Any] = field(default_factory=dict)
+    options: SeparationOptions = field(default_factory=SeparationOptions)
     #: Seconds the request may take, and the wall-clock time (time.time()) it must end by.
     time_limit: float = math.inf
     deadline: float = math.inf
     progress: bool = False
+
+    def check_deadline(self) -> None:
+        """The engine's stop hook. Gradio's `time_limit` only bounds streaming events and a
+        Python thread cannot be killed, so the limit is checked before each forward pass: a run
+        stops within one batch of chunks of its deadline and frees its worker."""
+        if time.time() > self.deadline:
+            raise TimeLimitError(
+                f"stopped at the demo's time limit of {self.time_limit:g} s per request: "
+                "try a shorter recording, fewer queries or fewer steps"
+            )
 
 
 class TimeLimitError(QuerysepError):
     """A request ran past the demo's per-request time limit."""
 
 
-_DEADLINE = threading.local()
-
-
-def _guard_deadline(model: Any) -> None:
-    """Makes the model refuse work past the calling thread's deadline.
-
-    Gradio's `time_limit` only bounds streaming events and a Python thread cannot be killed,
-    so the limit is checked where the engine hands each batch of chunks to the model: a run
-    stops within one chunk of its deadline and frees its worker.
-    """
-    if getattr(model, "_querysep_deadline_guard", False):
-        return
-    inner = model.separate_many
-
-    @functools.wraps(inner)
-    def guarded(*args: Any, **kwargs: Any) -> Any:
-        deadline = getattr(_DEADLINE, "at", math.inf)
-        if time.time() > deadline:
-            raise TimeLimitError(
-                f"stopped at the demo's time limit of {_DEADLINE.limit:g} s per request: "
-                "try a shorter recording, fewer queries or fewer steps"
-            )
-        return inner(*args, **kwargs)
-
-    model.separate_many = guarded
-    model._querysep_deadline_guard = True
-
-
 def run_job(job: Job) -> list[SeparationResult]:
     """Loads (once) and runs the model; the only function that touches the accelerator."""
     separator = load_model(job.model)
-    _guard_deadline(separator.model)
-    _DEADLINE.at = job.deadline
-    _DEADLINE.limit = job.time_limit
-    try:
-        results = separator.separate(
-            job.audio,
-            list(job.queries),
-            negative=job.negative,
-            chunk_seconds=job.chunk_seconds,
-            progress=job.progress,
-            **job.sampling,
-        )
-    finally:
-        _DEADLINE.at = math.inf
+    results = separator.separate(
+        job.audio,
+        list(job.queries),
+        negative=job.negative,
+        options=job.options,
+        progress=job.progress,
+        stop_check=job.check_deadline,
+    )
     assert isinstance(results, list)
     return results
 
@@ -292,7 +268,7 @@ def sampling_options(
     accepted = set(separator.model.sampling_options)
     options: dict[str, Any] = {}
     for key in list(given):
-        convert, needs = SAMPLING_SETTINGS[key]
+        convert, needs = SAMPLER_SETTINGS[key]
         if needs in accepted:
             options[key] = convert(given.pop(key))
     note = f"{', '.join(given)} ignored: this model is not generative" if given else ""
@@ -466,8 +442,7 @@ class DemoHandler:
             queries=tuple(queries),
             model=choice.spec,
             negative=negative,
-            chunk_seconds=r.chunk_seconds or None,
-            sampling=options,
+            options=SeparationOptions(chunk_seconds=r.chunk_seconds or None, **options),
             time_limit=self.limits.time_limit,
             deadline=started + self.limits.time_limit,
             progress=duration >= PROGRESS_SECONDS,
@@ -543,20 +518,17 @@ def output_folder() -> Path:
 def write_results(
     results: list[SeparationResult], stem: str, folder: Path
 ) -> list[tuple[str, str]]:
-    """(target, residual) 16-bit WAVs per query, named `<stem>_<query>[_residual].wav`."""
-    from querysep import audio as qaudio
-
+    """(target, residual) 16-bit WAVs per query, named as `SeparationResult.save` names them
+    (`<stem>_<query>[_residual].wav`); a repeated query gets `<stem>-<k>`."""
     files: list[tuple[str, str]] = []
-    used: set[str] = set()
+    used: set[Path] = set()
     for k, result in enumerate(results):
-        name = f"{slug(stem)}_{slug(result.query.label)}"
-        name = f"{name}-{k + 1}" if name in used else name
-        used.add(name)
-        pair = [
-            qaudio.save(folder / f"{name}{suffix}.wav", x, result.sample_rate, subtype="PCM_16")
-            for suffix, x in (("", result.target), ("_residual", result.residual))
-        ]
-        files.append((str(pair[0]), str(pair[1])))
+        name = slug(stem)
+        if output_paths(folder, name, result.query)[0] in used:
+            name = f"{name}-{k + 1}"
+        target, residual = result.save(folder, name, subtype="PCM_16")
+        used.add(target)
+        files.append((str(target), str(residual)))
     return files
 
 

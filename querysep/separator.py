@@ -87,10 +87,6 @@ def output_paths(
     return directory / f"{name}.{format}", directory / f"{name}_residual.{format}"
 
 
-#: Kept for callers of the old name; the settings live in `querysep.options`.
-SAMPLING_SETTINGS = SAMPLER_SETTINGS
-
-
 class Separator:
     """A ready-to-use separator: `Separator.from_pretrained(path).separate(audio, "dog")`."""
 
@@ -295,6 +291,7 @@ class Separator:
         seed: int | None = None,
         candidates: int | None = None,
         progress: bool = False,
+        stop_check: Callable[[], None] | None = None,
     ) -> SeparationResult | list[SeparationResult]:
         """Separate `audio` (a path, or an array / tensor with `sample_rate`) by `query`.
 
@@ -303,7 +300,8 @@ class Separator:
         Settings come as `options` (a `SeparationOptions`) or as keywords on top of it.
         `steps`, `guidance`, `shift` and `seed` set the sampler of generative (flow) models;
         `candidates=k` samples k targets per chunk and keeps the one whose CLAP audio embedding
-        is closest to the query (best-of-k re-ranking by CLAPScore).
+        is closest to the query (best-of-k re-ranking by CLAPScore). `stop_check` runs before
+        every forward pass and may raise to stop the run (a deadline, a cancel button).
         """
         opts = SeparationOptions.make(options, **_settings(locals()))
         self.sampling_options(opts)  # refuse sampler settings this family does not take
@@ -320,9 +318,8 @@ class Separator:
             residuals[k][:, cursor[k] : cursor[k] + n] = residual
             cursor[k] += n
 
-        self._stream(
-            source, len(queries), write, self.chunk_fn(queries, opts), self.plan(opts), progress
-        )
+        fn, plan = self.chunk_fn(queries, opts), self.plan(opts)
+        self._stream(source, len(queries), write, fn, plan, progress, stop_check)
         results = [
             SeparationResult(*_orient(q, t, r), source.sample_rate, q, source.stem)
             for q, t, r in zip(queries, targets, residuals, strict=True)
@@ -350,6 +347,7 @@ class Separator:
         seed: int | None = None,
         candidates: int | None = None,
         progress: bool = False,
+        stop_check: Callable[[], None] | None = None,
     ) -> list[tuple[Path, Path]]:
         """File to files, streamed block by block: memory stays flat for any input length.
         `force=False` refuses to replace an output file that exists."""
@@ -365,7 +363,14 @@ class Separator:
         )
         fn = self.chunk_fn(queries, opts)
         self.write_files(
-            source, queries, paths, fn, self.plan(opts), subtype=subtype, progress=progress
+            source,
+            queries,
+            paths,
+            fn,
+            self.plan(opts),
+            subtype=subtype,
+            progress=progress,
+            stop_check=stop_check,
         )
         return paths
 
@@ -379,6 +384,7 @@ class Separator:
         *,
         subtype: str | None = None,
         progress: bool = False,
+        stop_check: Callable[[], None] | None = None,
     ) -> None:
         """Streams `source` through `fn` into (target, residual) files, one pair per query:
         written under temporary names, then all renamed into place together, or none is."""
@@ -402,7 +408,7 @@ class Separator:
             with ExitStack() as stack:
                 for writer in flat:
                     stack.enter_context(writer)
-                self._stream(source, len(queries), write, fn, plan, progress)
+                self._stream(source, len(queries), write, fn, plan, progress, stop_check)
         except BaseException:  # a writer that closed cleanly still holds a temporary file
             for writer in flat:
                 writer.discard()
@@ -426,6 +432,7 @@ class Separator:
         fn: ChunkFn,
         plan: ChunkPlan,
         progress: bool,
+        stop_check: Callable[[], None] | None = None,
     ) -> None:
         bar = _progress_bar(source, progress)
         try:
@@ -440,6 +447,7 @@ class Separator:
                 num_outputs=num_outputs,
                 sink=_FnSink(write),
                 progress=(lambda n: bar.update(n / source.sample_rate)) if bar else None,
+                stop_check=stop_check,
             )
         finally:
             if bar:

@@ -133,3 +133,32 @@ def test_stream_separate_resamples_back_to_exact_length(rate: int, model_rate: i
     core = slice(rate // 10, n - rate // 10)  # resampler edges aside
     assert err_db(target[:, core], mix[:, core]) < -60
     assert err_db(half[:, core], 0.5 * mix[:, core]) < -60
+
+
+def test_the_stop_hook_runs_before_every_forward_pass_and_can_stop_the_run() -> None:
+    """A deadline or a cancel button stops a run within one batch of chunks, through the
+    engine's hook rather than by patching the model."""
+    calls: list[int] = []
+
+    class Stop(Exception):
+        pass
+
+    def fn(rows: torch.Tensor) -> torch.Tensor:
+        calls.append(rows.shape[0])
+        return rows[:, None]
+
+    def stop_after_two() -> None:
+        if len(calls) >= 2:
+            raise Stop
+
+    plan = ChunkPlan(chunk=100, overlap=20, batch_size=1)
+    audio = torch.randn(1, 1000)
+    engine = OverlapAdd(fn, plan, channels=1, num_outputs=1, stop_check=stop_after_two)
+    with pytest.raises(Stop):
+        engine.push(audio)
+        engine.finish()
+    assert len(calls) == 2
+    seen: list[int] = []
+    full = OverlapAdd(fn, plan, channels=1, num_outputs=1, stop_check=lambda: seen.append(1))
+    out = torch.cat(full.push(audio) + full.finish(), dim=-1)
+    assert torch.allclose(out[0], audio, atol=1e-6) and len(seen) == len(calls) - 2 > 2
