@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import math
 import sys
 import warnings
 from collections.abc import Sequence
@@ -517,8 +516,9 @@ def _convert(args: argparse.Namespace) -> int:
 
     from querysep import pretrained
     from querysep.convert.audiosep import convert_checkpoint
+    from querysep.files import refuse_nonempty
 
-    _refuse_nonempty(args.outdir, args.force)
+    refuse_nonempty(args.outdir, args.force)
     with tempfile.TemporaryDirectory() as tmp:
         tokenizer = args.tokenizer
         if tokenizer is None:
@@ -575,50 +575,23 @@ def _train(args: argparse.Namespace) -> int:
 def _train_clap(args: argparse.Namespace) -> int:
     from tqdm.auto import tqdm
 
-    from querysep.data.manifest import read_manifest
-    from querysep.files import atomic_dir, holds
-    from querysep.query.clap import ClapQueryEncoder
-    from querysep.train.clap import (
-        PRETRAINED_LR,
-        ClapFitConfig,
-        ClipBank,
-        fit_clap,
-        zero_shot_accuracy,
-    )
+    from querysep.train.clap import PRETRAINED_LR, ClapFitConfig, train_clap
 
     lr = ClapFitConfig.lr if args.init == "tiny" else PRETRAINED_LR
-    if args.lr is not None:
-        lr = args.lr
     cfg = ClapFitConfig(
         steps=args.steps,
         batch_size=args.batch_size,
-        lr=lr,
+        lr=args.lr if args.lr is not None else lr,
         seconds=args.seconds,
         seed=args.seed,
     )
-    if min(cfg.steps, cfg.batch_size) < 1 or cfg.lr <= 0 or cfg.seconds <= 0:
-        raise QuerysepError("--steps, --batch-size, --lr and --seconds must be positive")
-    inputs = [args.manifest, args.valid, Path(args.init) if args.init != "tiny" else None]
-    if any(p is not None and p.exists() and holds(args.out, p) for p in inputs):
-        raise QuerysepError(f"{args.out} holds an input: choose another output folder")
-    _refuse_nonempty(args.out, args.force)
-    train = read_manifest(args.manifest, root=args.root)
-    # decoded once, scored before and after
-    valid = ClipBank(read_manifest(args.valid, root=args.root)) if args.valid else None
-    if args.init == "tiny":
-        encoder = ClapQueryEncoder.tiny(args.seed)
-    else:
-        encoder = ClapQueryEncoder.from_pretrained(args.init)
 
-    def report(when: str) -> None:
-        if valid is not None:
-            s = zero_shot_accuracy(encoder, valid, cfg.seconds)
-            print(
-                f"{when}: zero-shot accuracy {s['accuracy']:.1%} (chance {s['chance']:.1%}), "
-                f"caption margin {s['caption_margin']:.3f}"
-            )
+    def report(when: str, s: dict[str, float]) -> None:
+        print(
+            f"{when}: zero-shot accuracy {s['accuracy']:.1%} (chance {s['chance']:.1%}), "
+            f"caption margin {s['caption_margin']:.3f}"
+        )
 
-    report("before")
     bar = None if args.quiet else tqdm(total=cfg.steps, desc="fitting CLAP", unit="step")
 
     def on_step(step: int, loss: float) -> None:
@@ -627,14 +600,20 @@ def _train_clap(args: argparse.Namespace) -> int:
             bar.set_postfix(loss=f"{loss:.3f}", refresh=False)
 
     try:
-        losses = fit_clap(encoder, train, cfg, on_step=on_step)
+        losses = train_clap(
+            args.manifest,
+            args.out,
+            cfg,
+            init=args.init,
+            valid=args.valid,
+            root=args.root,
+            force=args.force,
+            report=report,
+            on_step=on_step,
+        )
     finally:
         if bar is not None:
             bar.close()
-    if not all(math.isfinite(x) for x in losses):
-        raise QuerysepError("the contrastive loss became NaN: try a lower --lr")
-    report("after")
-    atomic_dir(args.out.resolve(), encoder.save_pretrained)
     head, tail = sum(losses[:20]) / min(20, len(losses)), sum(losses[-20:]) / min(20, len(losses))
     print(f"loss {head:.3f} -> {tail:.3f} over {cfg.steps} steps; wrote {args.out}")
     return 0
@@ -644,11 +623,11 @@ def _pack(args: argparse.Namespace) -> int:
     import json
 
     from querysep import pretrained
-    from querysep.files import holds
+    from querysep.files import holds, refuse_nonempty
 
     if holds(args.outdir, args.bundle):
         raise QuerysepError(f"{args.outdir} holds the bundle {args.bundle}: pick another folder")
-    _refuse_nonempty(args.outdir, args.force)
+    refuse_nonempty(args.outdir, args.force)
     sounds = None
     if args.sounds:
         try:
@@ -659,11 +638,6 @@ def _pack(args: argparse.Namespace) -> int:
     size = sum(p.stat().st_size for p in out.rglob("*") if p.is_file())
     print(f"packed {args.bundle} into {out} ({size / 1e6:.1f} MB)")
     return 0
-
-
-def _refuse_nonempty(folder: Path, force: bool) -> None:
-    if folder.exists() and any(folder.iterdir()) and not force:
-        raise QuerysepError(f"{folder} is not empty: pass --force to replace it")
 
 
 def _evaluate(args: argparse.Namespace) -> int:

@@ -112,3 +112,12 @@ def sha256_file(path: str | Path, block: int = 1 << 20) -> str:
     except OSError as exc:
         raise ModelLoadError(f"cannot read {path}: {exc.strerror or exc}") from None
     return digest.hexdigest()
+
+
+def refuse_nonempty(folder: str | Path, force: bool) -> None:
+    """An output folder that holds something is replaced only when asked (`--force`)."""
+    from querysep.errors import QuerysepError
+
+    folder = Path(folder)
+    if folder.exists() and (not folder.is_dir() or any(folder.iterdir())) and not force:
+        raise QuerysepError(f"{folder} is not empty: pass --force to replace it")

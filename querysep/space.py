@@ -71,11 +71,10 @@ def source_root() -> Path:
 def build(directory: str | Path, models: list[str] | None = None, *, force: bool = False) -> Path:
     """Writes the Space folder; `models` are registry names, Hub ids or local bundles (copied
     in), the first being the default. Written under a temporary name, then moved into place."""
-    from querysep.files import atomic_dir
+    from querysep.files import atomic_dir, refuse_nonempty
 
     target = Path(directory)
-    if target.exists() and any(target.iterdir()) and not force:
-        raise QuerysepError(f"{target} is not empty: pass --force to replace it")
+    refuse_nonempty(target, force)
     root = source_root()
     offered, bundles = _offered(models or [])
 

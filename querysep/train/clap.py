@@ -13,6 +13,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -20,7 +21,7 @@ from torch import Tensor
 
 from querysep.data.manifest import Entry, Manifest
 from querysep.data.mixing import MixingConfig, crop, fit_clip
-from querysep.errors import DataError
+from querysep.errors import DataError, QuerysepError
 from querysep.query.clap import CLAP_SAMPLE_RATE, ClapQueryEncoder, _pooled, _unit
 from querysep.train.optim import lr_factor
 
@@ -173,3 +174,51 @@ def zero_shot_accuracy(
         "chance": 1 / len(classes),
         "caption_margin": within - across,
     }
+
+
+def train_clap(
+    manifest: str | Path,
+    out: str | Path,
+    config: ClapFitConfig,
+    *,
+    init: str = "tiny",
+    valid: str | Path | None = None,
+    root: str | Path | None = None,
+    force: bool = False,
+    report: Callable[[str, dict[str, float]], None] | None = None,
+    on_step: Callable[[int, float], None] | None = None,
+) -> list[float]:
+    """`querysep train-clap`: fits a CLAP (the tiny random one, or a pretrained folder / Hub
+    id) to a manifest's captions and writes it to `out` atomically. `report(when, scores)` gets
+    the zero-shot scores on `valid` before and after. Returns the per-step losses."""
+    from querysep.data.manifest import read_manifest
+    from querysep.files import atomic_dir, holds, refuse_nonempty
+    from querysep.query.clap import ClapQueryEncoder
+
+    if min(config.steps, config.batch_size) < 1 or config.lr <= 0 or config.seconds <= 0:
+        raise QuerysepError("steps, batch size, learning rate and seconds must be positive")
+    out = Path(out)
+    inputs = [
+        Path(manifest),
+        Path(valid) if valid else None,
+        Path(init) if init != "tiny" else None,
+    ]
+    if any(p is not None and p.exists() and holds(out, p) for p in inputs):
+        raise QuerysepError(f"{out} holds an input: choose another output folder")
+    refuse_nonempty(out, force)
+    train = read_manifest(manifest, root=root)
+    bank = ClipBank(read_manifest(valid, root=root)) if valid else None  # decoded once
+    encoder = (
+        ClapQueryEncoder.tiny(config.seed)
+        if init == "tiny"
+        else ClapQueryEncoder.from_pretrained(init)
+    )
+    if bank is not None and report is not None:
+        report("before", zero_shot_accuracy(encoder, bank, config.seconds))
+    losses = fit_clap(encoder, train, config, on_step=on_step)
+    if not all(math.isfinite(x) for x in losses):
+        raise QuerysepError("the contrastive loss became NaN: try a lower learning rate")
+    if bank is not None and report is not None:
+        report("after", zero_shot_accuracy(encoder, bank, config.seconds))
+    atomic_dir(out.resolve(), encoder.save_pretrained)
+    return losses
