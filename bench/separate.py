@@ -2,6 +2,7 @@
 
     python bench/separate.py                                # small + base, 10 s / 1 min / 10 min
     python bench/separate.py --configs bandsplit-small --durations 10 60 --device cuda --dtype bf16
+    python bench/separate.py --configs bandsplit-base resunet-audiosep --durations 60 --compile
 
 Each measurement runs in a fresh process (so peak RSS is that run's own) and streams a
 generated 44.1 kHz file to disk through `Separator.separate_file`, as the CLI does. Weights are
@@ -50,10 +51,15 @@ def worker(args: argparse.Namespace) -> None:
     g = torch.Generator().manual_seed(0)
     query = torch.nn.functional.normalize(torch.randn(1, sep.model.query_dim, generator=g), dim=-1)
     sep.embed_queries = lambda queries: (query.repeat(len(queries), 1), None)  # type: ignore[method-assign]
+    if args.compile:
+        sep.compile()
     with tempfile.TemporaryDirectory() as out:
         warm = Path(out) / "warm.wav"
-        make_input(warm, 2, 1)
+        # compiled: warm up on full-length chunks (a lone short chunk has a shape of its own)
+        make_input(warm, 14 if args.compile else 2, 1)
+        start = time.perf_counter()
         sep.separate_file(warm, "warm-up", out)
+        warm_s = time.perf_counter() - start
         if sep.device.type == "cuda":
             torch.cuda.synchronize()
             torch.cuda.reset_peak_memory_stats()
@@ -72,6 +78,8 @@ def worker(args: argparse.Namespace) -> None:
         "wall_s": round(elapsed, 2),
         "rtf": round(elapsed / args.seconds, 4),
         "peak_rss_mib": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024),
+        "compiled": bool(args.compile),
+        "warm_up_s": round(warm_s, 1),
     }
     if sep.device.type == "cuda":
         result["peak_gpu_mib"] = round(torch.cuda.max_memory_allocated() / 2**20)
@@ -86,6 +94,9 @@ def main() -> None:
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--dtype", default=None)
     parser.add_argument("--json", type=Path, help="also write the rows here")
+    parser.add_argument(
+        "--compile", action="store_true", help="torch.compile the model (warm-up compiles)"
+    )
     parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--config", help=argparse.SUPPRESS)
     parser.add_argument("--input", type=Path, help=argparse.SUPPRESS)
@@ -113,6 +124,8 @@ def main() -> None:
                        "--channels", str(args.channels), "--device", args.device]  # fmt: skip
                 if args.dtype:
                     cmd += ["--dtype", args.dtype]
+                if args.compile:
+                    cmd += ["--compile"]
                 proc = subprocess.run(cmd, capture_output=True, text=True, check=False)
                 line = [ln for ln in proc.stdout.splitlines() if ln.startswith("RESULT ")]
                 if proc.returncode or not line:
