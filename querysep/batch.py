@@ -40,6 +40,8 @@ LOG_NAME = "querysep-log.jsonl"
 SUMMARY_NAME = "querysep-summary.json"
 #: A manifest is read whole before the run starts: refuse one no collection needs.
 MAX_MANIFEST_BYTES = 256 << 20
+#: Query sets whose embeddings stay cached in a run; idle ones beyond this are dropped.
+MAX_QUERY_SETS = 256
 MANIFEST_FIELDS = ("audio", "query", "negative", "query_audio", "audio_weight", "output")
 
 
@@ -616,6 +618,9 @@ class SharedForward:
             with self._cond:
                 group.busy -= 1
                 self._cond.notify_all()
+            with self.lock:  # a manifest of a million captions must not keep a million groups
+                if group.busy == 0 and len(self._groups) > MAX_QUERY_SETS:
+                    self._groups.pop(queries, None)
 
     def stop(self) -> None:
         with self._cond:
