@@ -362,14 +362,14 @@ def test_bad_training_configs(tmp_path: Path) -> None:
 
     cfg = tmp_path / "c.yaml"
     cfg.write_text(yaml.safe_dump({"data": {"train": "x.jsonl"}, "model": {"config": "m.yaml"}}))
-    assert load_train_config(cfg, ["train.max_steps=7"])["train"]["max_steps"] == 7
+    assert load_train_config(cfg, ["train.max_steps=7"]).train.max_steps == 7
     # `no` unquoted is YAML's false: taken as "no", not handed to Accelerate as False
-    assert load_train_config(cfg, ["train.mixed_precision=no"])["train"]["mixed_precision"] == "no"
+    assert load_train_config(cfg, ["train.mixed_precision=no"]).train.mixed_precision == "no"
     with pytest.raises(ConfigError, match="mixed_precision is one of"):
         load_train_config(cfg, ["train.mixed_precision=fp32"])
     with pytest.raises(ConfigError, match="not a config key"):
         load_train_config(cfg, ["train.max_stepz=7"])
-    assert load_train_config(cfg, ["optim.lr=1e-3"])["optim"]["lr"] == 1e-3  # YAML text: a number
+    assert load_train_config(cfg, ["optim.lr=1e-3"]).optim.lr == 1e-3  # YAML text: a number
     bad_numbers = [
         ("train.max_steps=abc", "train.max_steps must be a whole number, got 'abc'"),
         ("train.max_steps=1.5", "train.max_steps must be a whole number"),
@@ -388,6 +388,114 @@ def test_bad_training_configs(tmp_path: Path) -> None:
     cfg.write_text(yaml.safe_dump({"data": {"train": "x.jsonl"}}))
     with pytest.raises(ConfigError, match="exactly one of config"):
         load_train_config(cfg)
+
+
+def write_experiment(folder: Path) -> Path:
+    """A config that names its manifest, model config and output folder relative to itself."""
+    make_corpus(folder / "corpus", clips_per_class=1)
+    (folder / "model.yaml").write_text(yaml.safe_dump(tiny_model_config()))
+    cfg = {
+        "model": {"config": "model.yaml"},
+        "data": {"train": "corpus/train.jsonl", "valid": "./corpus/valid.jsonl"},
+        "output_dir": "run",
+    }
+    path = folder / "train.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    return path
+
+
+def test_config_paths_resolve_against_the_config_file(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from querysep.data.manifest import read_manifest
+    from querysep.train.config import TrainConfig
+    from querysep.train.trainer import _model_config
+
+    write_experiment(tmp_path / "exp")
+    (tmp_path / "elsewhere").mkdir()
+    monkeypatch.chdir(tmp_path / "elsewhere")
+    cfg = TrainConfig.load(Path("../exp/train.yaml"))
+    exp = (tmp_path / "exp").resolve()
+    assert cfg.data.train == exp / "corpus" / "train.jsonl"
+    assert cfg.data.valid is not None and cfg.data.valid.resolve() == exp / "corpus/valid.jsonl"
+    assert cfg.output_dir == exp / "run"
+    assert len(read_manifest(cfg.data.train)) == len(CLASSES)  # its audio found too
+    assert _model_config(cfg.model)["sample_rate"] == RATE
+    assert TrainConfig.from_dict(cfg.to_dict()) == cfg  # absolute paths: read back unchanged
+    assert cfg.to_dict()["data"]["train"] == str(exp / "corpus" / "train.jsonl")
+
+
+def test_set_paths_resolve_against_the_current_folder(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from querysep.train.config import TrainConfig
+
+    config = write_experiment(tmp_path / "exp")
+    (tmp_path / "elsewhere").mkdir()
+    monkeypatch.chdir(tmp_path / "elsewhere")
+    sets = ["data.train=x.jsonl", "output_dir=out", "data={valid: v.jsonl}"]
+    cfg = TrainConfig.load(config, sets)
+    assert cfg.data.train == Path.cwd() / "x.jsonl"
+    assert cfg.output_dir == Path.cwd() / "out"
+    assert cfg.data.valid == Path.cwd() / "v.jsonl"
+    assert cfg.model.config == (tmp_path / "exp" / "model.yaml").resolve()  # from the file
+    # a section set as a mapping keeps its other keys
+    assert TrainConfig.load(config, ["train={max_steps: 5}"]).train.batch_size == 8
+    with pytest.raises(ConfigError, match="unknown key 'foo'"):
+        TrainConfig.load(config, ["train={foo: 1}"])
+    with pytest.raises(ConfigError, match=r"data\.train must be a path, got 5"):
+        TrainConfig.load(config, ["data.train=5"])
+    with pytest.raises(ConfigError, match="cannot read"):
+        TrainConfig.load(config, ["train.max_steps=[1"])
+
+
+def test_hub_ids_registry_names_and_urls_are_not_paths(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from querysep.train.config import TrainConfig
+
+    folder = tmp_path / "exp"
+    (folder / "querysep-mini").mkdir(parents=True)  # a folder named like a registry entry
+    (folder / "clap").mkdir()
+    monkeypatch.chdir(tmp_path)
+    remote = "https://host/train-{000000..000009}.tar::pipe:cat x.tar"
+    urls = f"{remote}::shards/a-{{0..3}}.tar"
+    cfg = {
+        "model": {"config": "m.yaml", "query_encoder": "laion/clap-htsat-unfused"},
+        "data": {"shards": urls},
+    }
+    path = folder / "train.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    loaded = TrainConfig.load(path)
+    assert loaded.model.query_encoder == "laion/clap-htsat-unfused"
+    local = folder.resolve() / "shards" / "a-{0..3}.tar"
+    assert loaded.data.shards == f"{remote}::{local}"  # patterns kept, local ones joined
+    assert TrainConfig.load(path, ["model.query_encoder=clap"]).model.query_encoder == "clap"
+    encoder = TrainConfig.load(path, ["model.query_encoder=./clap"]).model.query_encoder
+    assert encoder == str(tmp_path.resolve() / "clap")  # `./`: a path, though not there
+    cfg["model"] = {"bundle": "querysep-mini"}
+    path.write_text(yaml.safe_dump(cfg))
+    assert TrainConfig.load(path).model.bundle == "querysep-mini"
+    cfg["model"] = {"bundle": "clap"}  # not a registry name, and a folder next to the file
+    path.write_text(yaml.safe_dump(cfg))
+    assert TrainConfig.load(path).model.bundle == str(folder.resolve() / "clap")
+
+
+def test_every_recipe_reads_from_any_folder(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from querysep.train.config import TrainConfig
+
+    monkeypatch.chdir(tmp_path)
+    recipes = sorted((ROOT / "configs" / "train").glob("*.yaml"))
+    assert len(recipes) >= 6
+    for recipe in recipes:
+        cfg = TrainConfig.load(recipe)
+        assert cfg.model.config is None or cfg.model.config.is_file(), recipe
+        local = [cfg.data.train, cfg.data.valid, cfg.output_dir, cfg.model.query_encoder,
+                 cfg.model.bundle]  # fmt: skip
+        for value in filter(None, local):
+            assert Path(value).resolve().is_relative_to(ROOT.resolve()), (recipe, value)
 
 
 def test_mixing_skips_clips_that_fail_to_decode(corpus: dict[str, Path], tmp_path: Path) -> None:

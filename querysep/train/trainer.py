@@ -10,221 +10,39 @@ ends with the same weights as an uninterrupted one.
 from __future__ import annotations
 
 import contextlib
-import copy
 import json
 import math
 import shutil
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
-import yaml
 
 from querysep import metrics
-from querysep.errors import ConfigError, ModelLoadError, first_line
+from querysep.errors import ConfigError, ModelLoadError
+from querysep.train.config import ModelSection, TrainConfig
 
-DEFAULTS: dict[str, Any] = {
-    "model": {"config": None, "bundle": None, "query_encoder": None, "freeze": [], "seed": 0},
-    "data": {
-        "train": None,
-        "valid": None,
-        "root": None,
-        "mixing": {},
-        "num_workers": 0,
-        "valid_items": 32,
-        "embeddings": None,
-        "shards": None,
-        "pool_size": 512,
-    },
-    "optim": {
-        "lr": 1e-3,
-        "weight_decay": 0.01,
-        "betas": [0.9, 0.99],
-        "schedule": "cosine",
-        "warmup_steps": 0,
-        "min_lr_ratio": 0.05,
-        "decay_fraction": 0.2,
-    },
-    "train": {
-        "max_steps": 1000,
-        "batch_size": 8,
-        "grad_accum": 1,
-        "clip": {"mode": "fixed", "value": 5.0, "percentile": 10.0},
-        "ema": None,
-        "mixed_precision": "no",
-        "seed": 0,
-        "log_every": 10,
-        "valid_every": 200,
-        "save_every": 200,
-        "keep_last": 2,
-        "tracker": "tensorboard",
-        "progress": True,
-    },
-    "loss": {"l1_snr": 1.0},
-    "output_dir": "runs/querysep",
-}
 CHECKPOINTS = "checkpoints"
 STATE_FILE = "trainer_state.json"
 EMA_FILE = "ema.safetensors"
 
 
-# -- configuration ------------------------------------------------------------------------------
-PRECISIONS = ("no", "bf16", "fp16")
+def load_train_config(path: str | Path | None, overrides: list[str] | None = None) -> TrainConfig:
+    """`TrainConfig.load` under the name scripts written before the typed config call."""
+    return TrainConfig.load(path, overrides)
 
 
-def load_train_config(path: str | Path | None, overrides: list[str] | None = None) -> dict:
-    raw: dict[str, Any] = {}
-    if path is not None:
-        path = Path(path)
-        if not path.is_file():
-            raise ConfigError(f"training config not found: {path}")
-        try:
-            raw = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
-        except (yaml.YAMLError, UnicodeDecodeError, OSError) as exc:
-            raise ConfigError(f"cannot parse {path}: {first_line(exc)}") from None
-        except RecursionError:  # `[[[[...` nested deeper than the parser's stack
-            raise ConfigError(f"cannot parse {path}: nested too deeply") from None
-    cfg = _merge(DEFAULTS, raw, "config")
-    for item in overrides or []:
-        key, sep, value = item.partition("=")
-        if not sep:
-            raise ConfigError(f"--set takes KEY=VALUE, got {item!r}")
-        _set(cfg, key.strip(), yaml.safe_load(value))
-    if bool(cfg["model"]["config"]) == bool(cfg["model"]["bundle"]):
-        raise ConfigError(
-            "model needs exactly one of config: (from scratch) or bundle: (fine-tune)"
-        )
-    if cfg["model"]["bundle"] and cfg["model"]["query_encoder"]:
-        raise ConfigError(
-            "model.query_encoder applies to config: only; a bundle keeps the encoder it was "
-            "trained with"
-        )
-    if bool(cfg["data"]["train"]) == bool(cfg["data"]["shards"]):
-        raise ConfigError("data needs exactly one of train: MANIFEST or shards: URLS")
-    if cfg["train"]["clip"]["mode"] not in ("fixed", "autoclip", "none"):
-        raise ConfigError("train.clip.mode must be fixed, autoclip or none")
-    _check_numbers(cfg)
-    _check_others(cfg)
-    precision = cfg["train"]["mixed_precision"]
-    if precision is False:  # YAML 1.1 reads an unquoted `no` as false
-        cfg["train"]["mixed_precision"] = precision = "no"
-    if precision not in PRECISIONS:
-        raise ConfigError(
-            f"train.mixed_precision is one of {', '.join(PRECISIONS)}, got {precision!r}"
-        )
-    return cfg
-
-
-#: Numbers that must be > 0 (the rest of the numeric keys must be >= 0).
-_POSITIVE = {"optim.lr", "train.max_steps", "train.batch_size", "train.grad_accum",
-             "train.log_every", "train.valid_every", "train.save_every", "data.valid_items",
-             "data.pool_size"}  # fmt: skip
-
-
-def _check_numbers(cfg: dict, defaults: dict = DEFAULTS, where: str = "") -> None:
-    """Every key whose default is a number holds a number of that kind, in range: a bad
-    `--set train.max_steps=abc` is one line here, not a traceback at step 0."""
-    for key, default in defaults.items():
-        name, value = f"{where}{key}", cfg.get(key)
-        if isinstance(default, dict) and isinstance(value, dict) and key not in ("mixing", "loss"):
-            _check_numbers(value, default, f"{name}.")
-        elif isinstance(default, (int, float)) and not isinstance(default, bool):
-            whole = isinstance(default, int)
-            if isinstance(value, str):  # PyYAML reads 1e-3 (no dot) as text
-                with contextlib.suppress(ValueError):
-                    value = cfg[key] = float(value) if not whole else int(value)
-            kind = (int,) if whole else (int, float)
-            if isinstance(value, bool) or not isinstance(value, kind) or not math.isfinite(value):
-                noun = "a whole number" if whole else "a finite number"
-                raise ConfigError(f"{name} must be {noun}, got {value!r}")
-            if value < 0 or (name in _POSITIVE and value <= 0):
-                bound = "> 0" if name in _POSITIVE else ">= 0"
-                raise ConfigError(f"{name} must be {bound}, got {value!r}")
-
-
-#: Experiment trackers Accelerate knows (`none` or null: no tracker).
-TRACKERS = ("none", "all", "aim", "tensorboard", "wandb", "trackio", "comet_ml", "mlflow",
-            "clearml", "dvclive", "swanlab")  # fmt: skip
-
-
-def _check_others(cfg: dict) -> None:
-    """The keys `_check_numbers` cannot cover (no numeric default): each becomes one line here
-    rather than a TypeError inside the optimizer or Accelerate."""
-    betas = cfg["optim"]["betas"]
-    if (
-        not isinstance(betas, list)
-        or len(betas) != 2
-        or not all(isinstance(b, (int, float)) and not isinstance(b, bool) for b in betas)
-        or not all(0 <= b < 1 for b in betas)
-    ):
-        raise ConfigError(f"optim.betas must be two numbers in [0, 1), got {betas!r}")
-    freeze = cfg["model"]["freeze"]
-    if not isinstance(freeze, list) or not all(isinstance(p, str) and p for p in freeze):
-        raise ConfigError(f"model.freeze must be a list of parameter-name prefixes, got {freeze!r}")
-    for key in ("min_lr_ratio", "decay_fraction"):
-        if not 0 <= cfg["optim"][key] <= 1:
-            raise ConfigError(f"optim.{key} must be in [0, 1], got {cfg['optim'][key]!r}")
-    ema = cfg["train"]["ema"]
-    if ema is not None and (
-        isinstance(ema, bool) or not isinstance(ema, (int, float)) or not 0 <= ema < 1
-    ):
-        raise ConfigError(f"train.ema must be null (or 0: off) or a decay in (0, 1), got {ema!r}")
-    out = cfg["output_dir"]
-    if not isinstance(out, str) or not out.strip():
-        raise ConfigError(f"output_dir must be a folder name, got {out!r}")
-    tracker = cfg["train"]["tracker"]
-    named = tracker if isinstance(tracker, list) else [tracker]
-    known = all(isinstance(t, str) and t in TRACKERS for t in named)
-    if tracker not in (None, False) and not known:
-        raise ConfigError(f"train.tracker is one of {', '.join(TRACKERS)}, got {tracker!r}")
-    if not isinstance(cfg["data"]["mixing"], dict):
-        raise ConfigError(f"data.mixing must be a mapping, got {cfg['data']['mixing']!r}")
-    if not isinstance(cfg["loss"], dict):
-        raise ConfigError(f"loss must be a mapping, got {cfg['loss']!r}")
-
-
-def _merge(defaults: dict, raw: Any, where: str) -> dict:
-    if not isinstance(raw, dict):
-        raise ConfigError(f"{where} must be a mapping")
-    out = copy.deepcopy(defaults)
-    for key, value in raw.items():
-        if key not in defaults:
-            raise ConfigError(f"{where}: unknown key {key!r} (known: {sorted(defaults)})")
-        if isinstance(defaults[key], dict) and key not in ("mixing", "loss"):
-            out[key] = _merge(defaults[key], value, f"{where}.{key}")
-        else:
-            out[key] = value
-    return out
-
-
-def _set(cfg: dict, dotted: str, value: Any) -> None:
-    *parents, last = dotted.split(".")
-    node = cfg
-    for part in parents:
-        if not isinstance(node.get(part), dict):
-            raise ConfigError(f"--set: {dotted} is not a config key")
-        node = node[part]
-    if last not in node and not (parents and parents[-1] == "mixing"):
-        raise ConfigError(f"--set: {dotted} is not a config key")
-    default: Any = DEFAULTS
-    for part in (*parents, last):
-        default = default.get(part) if isinstance(default, dict) else None
-    if isinstance(default, dict) and not isinstance(value, dict):
-        raise ConfigError(f"--set: {dotted} is a section; set one of its keys ({dotted}.KEY=...)")
-    node[last] = value
-
-
-def _model_config(m: dict[str, Any]) -> dict[str, Any]:
+def _model_config(m: ModelSection) -> dict[str, Any]:
     """The model config, its query encoder replaced by model.query_encoder (a CLAP folder, e.g.
     from `querysep train-clap`, or a hub id) when the training config names one."""
     from querysep.config import load_config, normalize_config
 
-    raw = m["config"]
+    raw = m.config
     cfg = load_config(raw) if isinstance(raw, (str, Path)) else normalize_config(raw)
-    encoder = m["query_encoder"]
+    encoder = m.query_encoder
     if encoder:
         key = "path" if Path(encoder).exists() else "hub_id"
         cfg["query_encoder"] = {key: str(encoder)}
@@ -250,7 +68,7 @@ class _WithLoss(torch.nn.Module):
 
 # -- the loop -----------------------------------------------------------------------------------
 class Trainer:
-    def __init__(self, cfg: dict) -> None:
+    def __init__(self, cfg: TrainConfig | Mapping[str, Any]) -> None:
         from accelerate import Accelerator
         from accelerate.state import AcceleratorState
         from accelerate.utils import DataLoaderConfiguration, ProjectConfiguration, set_seed
@@ -259,59 +77,61 @@ class Trainer:
         from querysep.train.losses import SeparationLoss
         from querysep.train.optim import EMA, AutoClip
 
+        if not isinstance(cfg, TrainConfig):  # a mapping shaped like the YAML file
+            cfg = TrainConfig.from_dict(dict(cfg))
         self.cfg = cfg
-        t = cfg["train"]
-        self.out = Path(cfg["output_dir"])
+        t = cfg.train
+        self.out = Path(cfg.output_dir)
         # Accelerate keeps one state per process and refuses a second Accelerator with another
         # precision; a new run (a notebook's second `train`) configures the process afresh.
         # The distributed PartialState (process group) is kept.
         AcceleratorState._reset_state(reset_partial_state=False)
         self.accelerator = Accelerator(
-            gradient_accumulation_steps=int(t["grad_accum"]),
-            mixed_precision=t["mixed_precision"],
-            log_with=t["tracker"] if t["tracker"] not in (None, "none") else None,
+            gradient_accumulation_steps=int(t.grad_accum),
+            mixed_precision=t.mixed_precision,
+            log_with=t.tracker if t.tracker not in (None, "none") else None,
             project_config=ProjectConfiguration(project_dir=str(self.out)),
             # every rank reads its own data (shard streams split by rank); never broadcast
             dataloader_config=DataLoaderConfiguration(dispatch_batches=False),
         )
-        set_seed(int(t["seed"]))
-        m = cfg["model"]
-        if m["bundle"]:
-            self.separator = Separator.from_pretrained(m["bundle"], device="cpu")
+        set_seed(int(t.seed))
+        m = cfg.model
+        if m.bundle:
+            self.separator = Separator.from_pretrained(m.bundle, device="cpu")
         else:
-            self.separator = Separator.from_config(_model_config(m), seed=int(m["seed"]))
-        self.model = _WithLoss(self.separator.model.train(), SeparationLoss(cfg["loss"]))
+            self.separator = Separator.from_config(_model_config(m), seed=int(m.seed))
+        self.model = _WithLoss(self.separator.model.train(), SeparationLoss(cfg.loss))
         for name, p in self.separator.model.named_parameters():
-            if any(name.startswith(prefix) for prefix in m["freeze"]):
+            if any(name.startswith(prefix) for prefix in m.freeze):
                 p.requires_grad_(False)
         try:
             self.encoder = self.separator.query_encoder.to(self.accelerator.device)
         except ModelLoadError as exc:
-            if not m["query_encoder"]:
+            if not m.query_encoder:
                 raise
             raise ConfigError(
-                f"model.query_encoder {m['query_encoder']!r} is neither a CLAP folder nor a "
+                f"model.query_encoder {m.query_encoder!r} is neither a CLAP folder nor a "
                 f"loadable Hub model (`querysep train-clap` writes one): {exc}"
             ) from None
         self._text_cache = self._precomputed_captions()
         self._valid_batches: list[dict[str, Any]] | None = None
-        o = cfg["optim"]
+        o = cfg.optim
         params = [p for p in self.model.parameters() if p.requires_grad]
         if not params:
             raise ConfigError("model.freeze leaves nothing to train")
         self.optimizer = torch.optim.AdamW(
             params,
-            lr=float(o["lr"]),
-            betas=tuple(o["betas"]),
-            weight_decay=float(o["weight_decay"]),
+            lr=float(o.lr),
+            betas=tuple(o.betas),
+            weight_decay=float(o.weight_decay),
         )
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, self._lr_factor)
-        self.ema = EMA(self.separator.model, float(t["ema"])) if t["ema"] else None
-        self.autoclip = AutoClip(float(t["clip"]["percentile"]))
+        self.ema = EMA(self.separator.model, float(t.ema)) if t.ema else None
+        self.autoclip = AutoClip(float(t.clip.percentile))
         self.state = {"step": 0, "best_sdri": -math.inf, "best_step": None}
         self.loader = self._train_loader()
         self.model, self.optimizer = self.accelerator.prepare(self.model, self.optimizer)
-        if not cfg["data"]["shards"]:
+        if not cfg.data.shards:
             # shard streams are split between ranks by webdataset itself; Accelerate's
             # iterable sharding would split them a second time and drop most items
             self.loader = self.accelerator.prepare(self.loader)
@@ -322,53 +142,53 @@ class Trainer:
     def _lr_factor(self, step: int) -> float:
         from querysep.train.optim import lr_factor
 
-        o = self.cfg["optim"]
+        o = self.cfg.optim
         return lr_factor(
             step,
-            schedule=o["schedule"],
-            warmup_steps=int(o["warmup_steps"]),
-            total_steps=int(self.cfg["train"]["max_steps"]),
-            min_ratio=float(o["min_lr_ratio"]),
-            decay_fraction=float(o["decay_fraction"]),
+            schedule=o.schedule,
+            warmup_steps=int(o.warmup_steps),
+            total_steps=int(self.cfg.train.max_steps),
+            min_ratio=float(o.min_lr_ratio),
+            decay_fraction=float(o.decay_fraction),
         )
 
     def _mixing(self, **override: Any) -> Any:
         from querysep.data.mixing import MixingConfig
 
-        raw = {"sample_rate": self.separator.sample_rate, **self.cfg["data"]["mixing"], **override}
+        raw = {"sample_rate": self.separator.sample_rate, **self.cfg.data.mixing, **override}
         return MixingConfig.from_dict(raw)
 
-    def _manifest(self, key: str) -> Any:
+    def _manifest(self, path: Path) -> Any:
         from querysep.data.manifest import read_manifest
 
-        return read_manifest(self.cfg["data"][key], root=self.cfg["data"]["root"])
+        return read_manifest(path, root=self.cfg.data.root)
 
     def _train_loader(self) -> torch.utils.data.DataLoader:
         from querysep.data.mixing import MixingDataset, collate
 
-        t, d = self.cfg["train"], self.cfg["data"]
-        per_step = int(t["batch_size"]) * int(t["grad_accum"]) * self.accelerator.num_processes
-        if d["shards"]:
+        t, d = self.cfg.train, self.cfg.data
+        per_step = int(t.batch_size) * int(t.grad_accum) * self.accelerator.num_processes
+        if d.shards:
             from querysep.data.shards import ShardMixingStream
 
             dataset: Any = ShardMixingStream(
-                d["shards"], self._mixing(), seed=int(t["seed"]), pool_size=int(d["pool_size"])
+                d.shards, self._mixing(), seed=int(t.seed), pool_size=int(d.pool_size)
             )
         else:
             dataset = MixingDataset(
-                self._manifest("train"),
+                self._manifest(d.train),
                 self._mixing(),
-                length=int(t["max_steps"]) * per_step,
-                seed=int(t["seed"]),
+                length=int(t.max_steps) * per_step,
+                seed=int(t.seed),
             )
-        workers = int(d["num_workers"])
+        workers = int(d.num_workers)
         return torch.utils.data.DataLoader(
             dataset,
-            batch_size=int(t["batch_size"]),
+            batch_size=int(t.batch_size),
             shuffle=False,  # items are already random draws; order must be replayable
             num_workers=workers,
             collate_fn=collate,
-            drop_last=not d["shards"],
+            drop_last=not d.shards,
             persistent_workers=workers > 0,
         )
 
@@ -407,7 +227,7 @@ class Trainer:
         """Caption embeddings written by `querysep data embed`, when the config names them."""
         from querysep.data.cli import load_embeddings
 
-        path = self.cfg["data"]["embeddings"]
+        path = self.cfg.data.embeddings
         cache = load_embeddings(path) if path else {}
         if cache and next(iter(cache.values())).shape[-1] != self.separator.model.query_dim:
             raise ConfigError(f"{path} holds embeddings of another size than the model's")
@@ -439,7 +259,7 @@ class Trainer:
         if acc.is_main_process:
             self._save_extra(staging)
             staging.rename(final)  # a checkpoint exists only once complete
-            for old in self.checkpoints()[: -int(self.cfg["train"]["keep_last"])]:
+            for old in self.checkpoints()[: -int(self.cfg.train.keep_last)]:
                 shutil.rmtree(old, ignore_errors=True)
         acc.wait_for_everyone()
 
@@ -506,15 +326,15 @@ class Trainer:
     def validate(self) -> float | None:
         from querysep.data.mixing import MixingDataset, collate
 
-        if not self.cfg["data"]["valid"]:
+        if not self.cfg.data.valid:
             return None
         if self._valid_batches is None:
             mixing = self._mixing(audio_query_share=0.0, absent_share=0.0, negative_share=0.0)
             ds = MixingDataset(
-                self._manifest("valid"),
+                self._manifest(self.cfg.data.valid),
                 mixing,
-                length=int(self.cfg["data"]["valid_items"]),
-                seed=int(self.cfg["train"]["seed"]) + 1_000_003,
+                length=int(self.cfg.data.valid_items),
+                seed=int(self.cfg.train.seed) + 1_000_003,
             )
             self._valid_batches = list(
                 torch.utils.data.DataLoader(ds, batch_size=8, collate_fn=collate)
@@ -542,18 +362,18 @@ class Trainer:
 
     # -- run ------------------------------------------------------------------------------------
     def fit(self) -> dict[str, Any]:
-        acc, t = self.accelerator, self.cfg["train"]
-        max_steps = int(t["max_steps"])
-        if acc.is_main_process and t["tracker"] not in (None, "none"):
-            acc.init_trackers("querysep", config=_flat_hparams(self.cfg))
+        acc, t = self.accelerator, self.cfg.train
+        max_steps = int(t.max_steps)
+        if acc.is_main_process and t.tracker not in (None, "none"):
+            acc.init_trackers("querysep", config=_flat_hparams(self.cfg.to_dict()))
         step = self.resume()
         loader = self.loader
-        if step and self.cfg["data"]["shards"]:  # a stream restarts on a fresh seed instead
+        if step and self.cfg.data.shards:  # a stream restarts on a fresh seed instead
             self.loader.dataset.set_epoch(step)
         elif step:
-            loader = acc.skip_first_batches(self.loader, step * int(t["grad_accum"]))
+            loader = acc.skip_first_batches(self.loader, step * int(t.grad_accum))
         bar = None
-        if acc.is_main_process and t["progress"]:
+        if acc.is_main_process and t.progress:
             from tqdm.auto import tqdm
 
             bar = tqdm(total=max_steps, initial=step, desc="training", dynamic_ncols=True)
@@ -578,7 +398,7 @@ class Trainer:
             if self.ema:
                 self.ema.update(acc.unwrap_model(self.model).model)
             elapsed = time.perf_counter() - started
-            if step % int(t["log_every"]) == 0 or step == max_steps:
+            if step % int(t.log_every) == 0 or step == max_steps:
                 logs = {f"train/{k}": v.item() for k, v in parts.items()}
                 logs |= {
                     "train/lr": self.scheduler.get_last_lr()[0],
@@ -592,9 +412,9 @@ class Trainer:
                     )
             if bar:
                 bar.update(1)
-            if step % int(t["valid_every"]) == 0 or step == max_steps:
+            if step % int(t.valid_every) == 0 or step == max_steps:
                 self._validate_and_keep_best(step)
-            if step % int(t["save_every"]) == 0 or step == max_steps:
+            if step % int(t.save_every) == 0 or step == max_steps:
                 self.save_checkpoint()
             if step >= max_steps:
                 break
@@ -615,11 +435,11 @@ class Trainer:
         return {**self.state, **throughput, "final": str(final) if final else None}
 
     def _clip(self) -> None:
-        clip, params = self.cfg["train"]["clip"], self.model.parameters()
-        if clip["mode"] == "none":
+        clip, params = self.cfg.train.clip, self.model.parameters()
+        if clip.mode == "none":
             return
-        if clip["mode"] == "fixed":
-            self.accelerator.clip_grad_norm_(params, float(clip["value"]))
+        if clip.mode == "fixed":
+            self.accelerator.clip_grad_norm_(params, float(clip.value))
             return
         norm = self.accelerator.clip_grad_norm_(params, float("inf"))
         self.accelerator.clip_grad_norm_(
@@ -653,4 +473,4 @@ def _flat_hparams(cfg: dict, prefix: str = "") -> dict[str, Any]:
 
 
 def train(config: str | Path | None, overrides: list[str] | None = None) -> dict[str, Any]:
-    return Trainer(load_train_config(config, overrides)).fit()
+    return Trainer(TrainConfig.load(config, overrides)).fit()
