@@ -29,11 +29,9 @@ from querysep.errors import ModelLoadError, QueryError, QuerysepError, first_lin
 from querysep.models import SeparatorModel, build_model
 from querysep.options import SAMPLER_SETTINGS, SeparationOptions
 from querysep.query import ClapQueryEncoder, Query, as_queries
+from querysep.query.embeddings import fold_negative
 from querysep.query.parse import slug
 from querysep.runtime import resolve_device, resolve_dtype
-
-#: How strongly a negative query is subtracted for models that cannot take one natively.
-NEGATIVE_FOLD = 0.5
 
 
 @dataclass
@@ -200,8 +198,7 @@ class Separator:
         )
         if getattr(self.model, "accepts_negative", False):
             return positives, negatives
-        folded = torch.nn.functional.normalize(positives - NEGATIVE_FOLD * negatives, dim=-1)
-        return folded, None
+        return fold_negative(positives, negatives), None
 
     def sampling_options(
         self, options: SeparationOptions | None = None, **settings: Any

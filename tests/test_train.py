@@ -517,7 +517,7 @@ def test_mixing_skips_clips_that_fail_to_decode(corpus: dict[str, Path], tmp_pat
 def test_precomputed_caption_embeddings_feed_the_trainer(
     corpus: dict[str, Path], tmp_path: Path, tiny_bundle: Path
 ) -> None:
-    from querysep.data.cli import load_embeddings
+    from querysep.query.embeddings import load_embeddings
     from querysep.train.trainer import Trainer, load_train_config
 
     out = tmp_path / "captions.safetensors"

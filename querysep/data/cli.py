@@ -276,44 +276,15 @@ def _shards(args: argparse.Namespace) -> int:
 
 
 def _embed(args: argparse.Namespace) -> int:
-    import json
-
     import torch
-    from safetensors.torch import save_file
 
     from querysep.data.manifest import read_manifest
-    from querysep.files import atomic_write
+    from querysep.query.embeddings import embed_caption, save_embeddings
     from querysep.separator import Separator
 
     captions = sorted({c for e in read_manifest(args.manifest) for c in e.captions})
     encoder = Separator.from_pretrained(args.model, device="cpu").query_encoder
     emb = torch.stack([embed_caption(encoder, c) for c in captions])
-    atomic_write(
-        args.out,
-        lambda p: save_file(
-            {"embeddings": emb.contiguous()}, str(p), metadata={"captions": json.dumps(captions)}
-        ),
-    )
+    save_embeddings(args.out, captions, emb)
     print(f"wrote {args.out}: {len(captions)} captions x {emb.shape[1]}")
     return 0
-
-
-def embed_caption(encoder: Any, caption: str) -> Any:
-    """One caption embedded alone (on the CPU): in a batch, padding shifts the numbers slightly,
-    so this is how both `data embed` and the trainer compute them, and they agree exactly."""
-    return encoder.embed_text([caption])[0].cpu()
-
-
-def load_embeddings(path: str | Path) -> dict[str, Any]:
-    """caption -> embedding, from a file written by `querysep data embed`."""
-    import json
-
-    from safetensors import safe_open
-
-    path = Path(path)
-    if not path.is_file():
-        raise DataError(f"caption embeddings not found: {path}")
-    with safe_open(str(path), "pt") as f:
-        captions = json.loads(f.metadata()["captions"])
-        emb = f.get_tensor("embeddings")
-    return dict(zip(captions, emb, strict=True))

@@ -195,7 +195,7 @@ class Trainer:
     # -- queries --------------------------------------------------------------------------------
     @torch.no_grad()
     def embed(self, batch: dict[str, Any]) -> tuple[torch.Tensor, torch.Tensor | None]:
-        from querysep.separator import NEGATIVE_FOLD
+        from querysep.query.embeddings import fold_negative
 
         pos = self._text(batch["caption"])
         examples = [i for i, a in enumerate(batch["query_audio"]) if a.numel()]
@@ -207,7 +207,7 @@ class Trainer:
             zero = torch.zeros_like(pos[0])
             neg = torch.stack([self._text([n])[0] if n else zero for n in batch["negative"]])
             if not getattr(self.separator.model, "accepts_negative", False):
-                pos, neg = torch.nn.functional.normalize(pos - NEGATIVE_FOLD * neg, dim=-1), None
+                pos, neg = fold_negative(pos, neg), None
         device = self.accelerator.device
         return pos.to(device), (neg.to(device) if neg is not None else None)
 
@@ -215,7 +215,7 @@ class Trainer:
         """Caption embeddings, each computed alone and kept: a caption's embedding must not
         depend on which batch first saw it (padding shifts the numbers slightly), or a resumed
         run would drift from an uninterrupted one."""
-        from querysep.data.cli import embed_caption
+        from querysep.query.embeddings import embed_caption
 
         cache = self._text_cache
         for caption in captions:
@@ -225,7 +225,7 @@ class Trainer:
 
     def _precomputed_captions(self) -> dict[str, torch.Tensor]:
         """Caption embeddings written by `querysep data embed`, when the config names them."""
-        from querysep.data.cli import load_embeddings
+        from querysep.query.embeddings import load_embeddings
 
         path = self.cfg.data.embeddings
         cache = load_embeddings(path) if path else {}
