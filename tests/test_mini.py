@@ -42,8 +42,9 @@ def _item(item: dict) -> tuple[np.ndarray, np.ndarray, int]:
 def test_separates_held_out_mixtures_and_follows_the_query(mini: Separator) -> None:
     """Over the shipped held-out mixtures, the right caption gets the sound back and another
     class's caption does not. Thresholds are regression guards a little under what the shipped
-    model measures (4.27 dB and 1.43 dB here; bench/README.md has the full benchmark); the
-    quality targets of issue 13 (9 dB mean SDRi) are not reached yet."""
+    model measures (5.21 dB and 1.35 dB here; the first shipped model, 4.27 and 1.43, would
+    fail them; bench/README.md has the full benchmark); the quality targets of issue 13 (9 dB
+    mean SDRi) are not reached yet."""
     right, other = [], []
     for item in (i for i in ITEMS if i.get("target")):
         mixture, target, rate = _item(item)
@@ -51,20 +52,21 @@ def test_separates_held_out_mixtures_and_follows_the_query(mini: Separator) -> N
         right.append(float(metrics.sdr_improvement(results[0].target, target, mixture).mean()))
         other.append(float(metrics.sdr_improvement(results[1].target, target, mixture).mean()))
     assert len(right) >= 15
-    assert np.mean(right) >= 3.5, f"mean SDRi {np.mean(right):.2f} dB"
-    assert np.mean(right) - np.mean(other) >= 2.0, (np.mean(right), np.mean(other))
-    assert max(right) >= 9.0  # where it works, it really separates
+    assert np.mean(right) >= 4.7, f"mean SDRi {np.mean(right):.2f} dB"
+    assert np.mean(right) - np.mean(other) >= 3.3, (np.mean(right), np.mean(other))
+    assert max(right) >= 12.0  # where it works, it really separates
 
 
 def test_absent_targets_are_turned_down(mini: Separator) -> None:
-    """A query for a sound that is not there gets a quieter output (median -10 dB of the
-    mixture measured; the issue's target, <= -15 dB for 90 % of items, is not reached yet)."""
+    """A query for a sound that is not there gets a quieter output (median -19 dB of the
+    mixture measured here, -10 dB for the first shipped model; the issue's target, <= -15 dB
+    for 90 % of items, is not reached yet: 55 % in bench/mini.py)."""
     ratios = []
     for item in (i for i in ITEMS if not i.get("target")):
         mixture, _, rate = _item(item)
         out = mini.separate(mixture, item["query"], sample_rate=rate)
         ratios.append(10 * np.log10(np.sum(out.target**2) / np.sum(mixture**2) + 1e-12))
-    assert len(ratios) >= 5 and np.median(ratios) <= -6.0, ratios
+    assert len(ratios) >= 5 and np.median(ratios) <= -15.0, ratios
 
 
 def test_packaged_bundle_is_small_listed_and_knows_its_sounds() -> None:
