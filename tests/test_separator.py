@@ -366,3 +366,36 @@ def test_hostile_bundle_configs_are_refused_before_allocating(
     assert time.monotonic() - started < 30
     grown_mib = (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before) / 1024
     assert grown_mib < 300, f"peak RSS grew by {grown_mib:.0f} MiB"
+
+
+def test_compile_routes_every_forward_pass_through_the_compiled_function(
+    tiny_bundle: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`Separator.compile()` hands the model's forward pass to torch.compile and then runs what
+    it returns (here a recording stand-in: a real compilation takes minutes on this CPU, and
+    bench/separate.py --compile measures it)."""
+    import torch
+
+    sep = Separator.from_pretrained(tiny_bundle, device="cpu")
+    mix = tone(440, 1.0, 44100) + tone(1800, 1.0, 44100, amp=0.1)
+    eager = sep.separate(mix, "dog", sample_rate=44100).target
+    calls: list[int] = []
+
+    def fake_compile(fn):
+        def compiled(rows, *args, **kwargs):
+            calls.append(rows.shape[0])
+            return fn(rows, *args, **kwargs)
+
+        return compiled
+
+    monkeypatch.setattr(torch, "compile", fake_compile)
+    assert sep.compile() is sep
+    compiled = sep.separate(mix, "dog", sample_rate=44100).target
+    assert calls and np.array_equal(compiled, eager)
+
+    def broken(fn):
+        raise RuntimeError("no C++ compiler\nlong details")
+
+    monkeypatch.setattr(torch, "compile", broken)
+    with pytest.raises(QuerysepError, match=r"cannot compile the model: no C\+\+ compiler$"):
+        sep.compile()
