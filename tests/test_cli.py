@@ -27,6 +27,23 @@ def run(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess:
     )
 
 
+def run_here(capfd: pytest.CaptureFixture[str], *args: str) -> subprocess.CompletedProcess:
+    """`querysep ARGS` in this process (no interpreter start-up), stderr captured at the file
+    descriptor so that anything a library prints there counts too."""
+    import signal
+
+    from querysep.cli import main
+
+    capfd.readouterr()
+    handler = signal.getsignal(signal.SIGTERM)  # main() installs its own; put pytest's back
+    try:
+        code = main(list(args))
+    finally:
+        signal.signal(signal.SIGTERM, handler)
+    out, err = capfd.readouterr()
+    return subprocess.CompletedProcess(list(args), code, out, err)
+
+
 def test_version() -> None:
     out = run("--version")
     assert out.returncode == 0 and out.stdout.strip() == f"querysep {__version__}"
@@ -96,9 +113,10 @@ def bundle(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return path
 
 
-def test_bad_inputs_give_one_line_errors(bundle: Path, tmp_path: Path) -> None:
+def test_bad_inputs_give_one_line_errors(bundle: Path, tmp_path: Path, capfd) -> None:
     for name, path in bad_audio_files(tmp_path).items():
-        out = run("separate", str(path), "dog", "--model", str(bundle), "-o", str(tmp_path / "o"))
+        args = ("separate", str(path), "dog", "--model", str(bundle), "-o", str(tmp_path / "o"))
+        out = run_here(capfd, *args)
         assert out.returncode != 0, name
         lines = out.stderr.strip().splitlines()
         assert len(lines) == 1 and lines[0].startswith("querysep: error:"), (name, out.stderr)
@@ -121,11 +139,11 @@ def test_bad_inputs_give_one_line_errors(bundle: Path, tmp_path: Path) -> None:
         (["dog", "--shift", "3"], "generative models"),
     ],
 )
-def test_bad_arguments(bundle: Path, tmp_path: Path, args: list[str], message: str) -> None:
+def test_bad_arguments(bundle: Path, tmp_path: Path, args: list[str], message: str, capfd) -> None:
     src = tmp_path / "in.wav"
     sf.write(src, tone(440, 0.5, 16000).T, 16000)
     model = [] if "--model" in args else ["--model", str(bundle)]
-    out = run("separate", str(src), *args, *model, "-o", str(tmp_path / "o"))
+    out = run_here(capfd, "separate", str(src), *args, *model, "-o", str(tmp_path / "o"))
     assert out.returncode == 1
     assert len(out.stderr.strip().splitlines()) == 1 and message in out.stderr, out.stderr
 
