@@ -174,8 +174,8 @@ class Separator:
 
     def compile(self) -> Separator:
         """Compiles the model's forward pass with `torch.compile` (fused kernels). It pays for
-        itself on long runs: on a 2-core CPU band-split base runs about 1.3x faster, after a
-        compilation of a few minutes on the first chunk (bench/README.md)."""
+        itself on long runs: on a 2-core CPU band-split base runs about 1.8x faster, after a
+        compilation of one to a few minutes on the first chunk (bench/README.md)."""
         try:
             self._compiled = torch.compile(self.model.separate_many)
         except Exception as exc:  # no compiler for this platform, an old torch
