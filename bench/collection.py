@@ -56,7 +56,7 @@ def worker(args: argparse.Namespace) -> None:
     query = torch.nn.functional.normalize(torch.randn(1, sep.model.query_dim, generator=g), dim=-1)
     sep.embed_queries = lambda queries: (query.repeat(len(queries), 1), None)  # type: ignore[method-assign]
     folder = Path(args.folder)
-    out = folder / f"out-{args.mode}"
+    out = folder / f"out-{args.mode}-{args.threads}"  # every run writes afresh
     start = time.perf_counter()
     if args.mode == "long":
         sep.separate_file(folder / "long.wav", "q", out)

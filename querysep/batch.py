@@ -425,6 +425,7 @@ def run(
                     f.cancel()
                 raise
     finally:
+        forward.stop()
         if bar is not None:
             bar.close()
     summary.seconds = time.perf_counter() - start
@@ -588,28 +589,33 @@ class _Request:
 
 class SharedForward:
     """Worker threads each stream one file through the overlap-add engine; their chunks meet
-    here. A request waits until `rows` rows are queued or every busy worker is waiting, then
-    one of the waiting threads runs the model once for all of them. One forward pass runs at a
-    time; decoding, resampling and writing of other files go on meanwhile."""
+    here and one model thread runs them. A pass starts when `rows` rows of one query set are
+    queued or every busy worker of that set is waiting, so files share forward passes.
+    Decoding, resampling and writing go on in the workers meanwhile. One thread only ever
+    calls the model: torch's OpenMP pool then stays one team of threads (calls from several
+    threads each start a team of their own, and their spinning threads oversubscribe the
+    CPU)."""
 
     def __init__(self, separator: Any, options: SeparationOptions, rows: int):
         self.separator, self.options, self.rows = separator, options, max(1, rows)
         self.lock = threading.Lock()  # guards the summary and the embedding cache
         self._cond = threading.Condition()
         self._groups: dict[tuple[Query, ...], _Group] = {}
-        self._running = False
         self._stopped = False
+        self._thread = threading.Thread(target=self._serve, name="querysep-model", daemon=True)
+        self._thread.start()
 
     @contextmanager
     def lane(self, queries: tuple[Query, ...]) -> Iterator[Callable[[Tensor], Tensor]]:
         """The chunk function for one file of a query set, embedded once per run and shared by
         the set's files. While a file is in its lane, the lane's other requests wait for its
         chunks (up to `rows`) instead of running alone."""
-        with self.lock:
+        with self.lock:  # one embedding per query set, computed outside the model thread
             group = self._groups.get(queries)
             if group is None:
                 group = _Group(self.separator.chunk_fn(list(queries), self.options))
-                self._groups[queries] = group
+                with self._cond:  # the model thread walks the groups holding the condition
+                    self._groups[queries] = group
         with self._cond:
             group.busy += 1
         try:
@@ -618,14 +624,17 @@ class SharedForward:
             with self._cond:
                 group.busy -= 1
                 self._cond.notify_all()
-            with self.lock:  # a manifest of a million captions must not keep a million groups
+            with self.lock, self._cond:  # a million captions must not keep a million groups
                 if group.busy == 0 and len(self._groups) > MAX_QUERY_SETS:
                     self._groups.pop(queries, None)
 
     def stop(self) -> None:
+        """Ends the model thread; waiting workers give up their files."""
         with self._cond:
             self._stopped = True
             self._cond.notify_all()
+        if self._thread is not threading.current_thread():
+            self._thread.join()
 
     def _submit(self, group: _Group, rows: Tensor) -> Tensor:
         request = _Request(rows)
@@ -637,18 +646,33 @@ class SharedForward:
                 while request.result is None and request.error is None:
                     if self._stopped:
                         raise _Stopped
-                    batch = self._take(group) if not self._running else None
-                    if batch:
-                        self._run(group, batch)
-                    else:
-                        self._cond.wait(0.5)
+                    self._cond.wait(0.5)
             finally:
                 group.waiting -= 1
                 if request in group.queue:
                     group.queue.remove(request)
+                self._cond.notify_all()
         if request.error is not None:
             raise request.error
         return request.result  # type: ignore[return-value]
+
+    def _serve(self) -> None:
+        """The model thread: runs whichever query set has a pass ready."""
+        with self._cond:
+            while not self._stopped:
+                ready = next(
+                    ((g, b) for g in list(self._groups.values()) if (b := self._take(g))), None
+                )
+                if ready is None:
+                    self._cond.wait(0.5)
+                    continue
+                group, batch = ready
+                self._cond.release()
+                try:
+                    self._run(group, batch)
+                finally:
+                    self._cond.acquire()
+                    self._cond.notify_all()
 
     def _take(self, group: _Group) -> list[_Request]:
         queued = sum(r.rows.shape[0] for r in group.queue)
@@ -663,10 +687,8 @@ class SharedForward:
                 group.queue.remove(r)
         return batch
 
-    def _run(self, group: _Group, batch: list[_Request]) -> None:
-        """Called holding the condition; releases it while the model runs."""
-        self._running = True
-        self._cond.release()
+    @staticmethod
+    def _run(group: _Group, batch: list[_Request]) -> None:
         try:
             out = group.fn(torch.cat([r.rows for r in batch]))
             parts = torch.split(out, [r.rows.shape[0] for r in batch])
@@ -675,10 +697,6 @@ class SharedForward:
         except BaseException as exc:  # every file in the pass fails the same way
             for r in batch:
                 r.error = exc
-        finally:
-            self._cond.acquire()
-            self._running = False
-            self._cond.notify_all()
 
 
 @dataclass
