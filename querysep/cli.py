@@ -527,13 +527,7 @@ def _convert(args: argparse.Namespace) -> int:
 
     refuse_nonempty(args.outdir, args.force)
     with tempfile.TemporaryDirectory() as tmp:
-        tokenizer = args.tokenizer
-        if tokenizer is None:
-            import shutil
-
-            for f in pretrained.ROBERTA_FILES:
-                shutil.copy(pretrained.download(f), Path(tmp) / Path(f.filename).name)
-            tokenizer = Path(tmp)
+        tokenizer = args.tokenizer or pretrained.fetch_tokenizer(tmp)
         report = convert_checkpoint(args.checkpoint, args.outdir, tokenizer)
     print(report.summary())
     print(

@@ -311,6 +311,15 @@ ROBERTA_FILES = (
 )
 
 
+def fetch_tokenizer(folder: str | Path) -> Path:
+    """roberta-base's vocab.json and merges.txt (AudioSep's tokenizer; its checkpoint has none)
+    downloaded once into the cache and copied into `folder`, as the converter takes them."""
+    folder = Path(folder)
+    for f in ROBERTA_FILES:
+        shutil.copy(download(f), folder / Path(f.filename).name)
+    return folder
+
+
 def _materialize_audiosep(directory: Path) -> Path:
     from querysep.convert.audiosep import convert_checkpoint
 
@@ -318,7 +327,8 @@ def _materialize_audiosep(directory: Path) -> Path:
         return directory
     try:
         checkpoint = download(AUDIOSEP_CHECKPOINT)
-        tokenizer_files = [download(f) for f in ROBERTA_FILES]
+        tmp = tempfile.TemporaryDirectory()
+        tokenizer = fetch_tokenizer(tmp.name)
     except _NotDownloadable as exc:
         raise ModelLoadError(
             f"audiosep-base is not in the cache ({directory}) and {exc.file.url} cannot be "
@@ -328,10 +338,8 @@ def _materialize_audiosep(directory: Path) -> Path:
             f"`querysep convert audiosep CKPT {directory} --tokenizer DIR_WITH_THOSE_FILES`; "
             "or name another bundle with model=... (CLI: --model)"
         ) from None
-    with tempfile.TemporaryDirectory() as tmp:
-        for f in tokenizer_files:
-            shutil.copy(f, Path(tmp) / f.name)
-        report = convert_checkpoint(checkpoint, directory, tmp)
+    with tmp:
+        report = convert_checkpoint(checkpoint, directory, tokenizer)
     print(f"querysep: converted AudioSep into {directory}\n{report.summary()}")
     return directory
 

@@ -273,7 +273,7 @@ def test_two_ranks_do_every_item_once_even_when_one_is_killed(
 
     for k in range(12):
         # rank 1 takes items 1, 3, 5, ...: its second is long, so it can be killed in the middle
-        write(tmp_path / "in" / f"item{k:02d}.wav", 180 + 40 * k, seconds=90.0 if k == 3 else 0.5)
+        write(tmp_path / "in" / f"item{k:02d}.wav", 180 + 40 * k, seconds=60.0 if k == 3 else 0.5)
     common = ["separate", str(tmp_path / "in"), "-q", "dog", "--model", str(tiny_bundle),
               "--workers", "1", "--quiet"]  # fmt: skip
     single = cli(capsys, *common, "-o", str(tmp_path / "one"))

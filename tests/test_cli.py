@@ -172,9 +172,10 @@ sys.exit(code)
 
 
 def test_peak_memory_does_not_grow_with_input_length(bundle: Path, tmp_path: Path) -> None:
-    """A 20x longer file costs no more memory: files are read, separated and written in blocks."""
+    """A 10x longer file costs no more memory: files are read, separated and written in blocks
+    (reading the 150 s file whole, or keeping its outputs, would take 50 MiB each)."""
     peaks = {}
-    for seconds in (15, 300):
+    for seconds in (15, 150):
         src = tmp_path / f"in{seconds}.wav"
         with sf.SoundFile(src, "w", 44100, 2, subtype="PCM_16") as f:
             for _ in range(seconds // 15):
@@ -204,8 +205,8 @@ def test_peak_memory_does_not_grow_with_input_length(bundle: Path, tmp_path: Pat
         )
         assert out.returncode == 0, out.stderr
         peaks[seconds] = int(out.stdout.split("PEAK")[-1]) / 1024  # MiB
-    # 300 s of stereo float32 alone is 100 MiB: growth must stay far below that
-    assert peaks[300] - peaks[15] < 40, peaks
+    # 150 s of stereo float32 alone is 50 MiB, and a target and a residual as much again
+    assert peaks[150] - peaks[15] < 40, peaks
 
 
 def test_cli_module_runs_as_a_script() -> None:
