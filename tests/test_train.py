@@ -327,7 +327,8 @@ def test_two_process_cpu_run_stays_in_sync(corpus: dict[str, Path], tmp_path: Pa
 
 
 def test_training_improves_held_out_sdri(corpus: dict[str, Path], tmp_path: Path) -> None:
-    """A tiny band-split model trained for ~30 s beats its untrained self on held-out mixes.
+    """A tiny band-split model trained for ~25 s beats its untrained self on held-out mixes
+    (300 steps: measured -0.05 -> 23.1 dB; the check asks for +6).
 
     Its queries come from a CLAP fitted to the corpus first, as in the smoke recipe: the tiny
     random CLAP maps every caption to nearly one vector, and a separator trained on it follows
@@ -342,7 +343,7 @@ def test_training_improves_held_out_sdri(corpus: dict[str, Path], tmp_path: Path
     fit = ClapFitConfig(steps=60, batch_size=4, lr=3e-3, seconds=1.0, warmup_steps=5)
     fit_clap(encoder, read_manifest(corpus["train"]), fit)
     encoder.save_pretrained(tmp_path / "clap")
-    cfg = train_config(tmp_path, corpus, max_steps=400, save_every=1000, valid_every=1000)
+    cfg = train_config(tmp_path, corpus, max_steps=300, save_every=1000, valid_every=1000)
     cfg["model"]["query_encoder"] = str(tmp_path / "clap")
     cfg_path = tmp_path / "learn.yaml"
     cfg_path.write_text(yaml.safe_dump(cfg))
