@@ -115,13 +115,10 @@ def _is_audio(path: Path, root: Path) -> bool:
 def _name_items(rows: list[tuple[Path, Path, tuple[Query, ...], str | None]]) -> list[Item]:
     """Relative output names below the inputs' common folder; a stem that two inputs share
     (`x.wav`, `x.flac`) keeps its suffix in the name (`x-flac`)."""
-    seen: dict[Path, None] = {}
-    unique = []
-    for row in rows:
-        key = (row[0].absolute(), row[2], row[3])
-        if key not in seen:
-            seen[key] = None
-            unique.append(row)
+    first: dict[tuple[Path, tuple[Query, ...], str | None], Any] = {}
+    for row in rows:  # the same file with the same queries, named twice, is one item
+        first.setdefault((row[0].absolute(), row[2], row[3]), row)
+    unique = list(first.values())
     anchors = [os.path.abspath(anchor) for _, anchor, _, name in unique if name is None]
     base = Path(os.path.commonpath(anchors)) if anchors else Path.cwd()
     named: list[tuple[Path, tuple[Query, ...], PurePosixPath]] = []
@@ -384,7 +381,7 @@ def run(
     forward = SharedForward(separator, options, rows=plan.batch_size)
     log_path = outdir / (LOG_NAME if ranks.world == 1 else f"querysep-log.rank{ranks.rank}.jsonl")
     journal = _Journal(log_path if log else None)
-    summary = Summary(ranks=ranks.world)
+    summary, counting = Summary(ranks=ranks.world), threading.Lock()
     start = time.perf_counter()
     bar = _items_bar(len(mine), progress)
     lone = len(mine) == 1  # one file: its own progress bar instead of a count of files
@@ -395,7 +392,7 @@ def run(
         )
         record["rank"] = ranks.rank
         journal.write(record)
-        with forward.lock:
+        with counting:
             summary.done += record["status"] == "done"
             summary.skipped += record["status"] == "skipped"
             summary.failed += record["status"] == "failed"
@@ -598,7 +595,7 @@ class SharedForward:
 
     def __init__(self, separator: Any, options: SeparationOptions, rows: int):
         self.separator, self.options, self.rows = separator, options, max(1, rows)
-        self.lock = threading.Lock()  # guards the summary and the embedding cache
+        self._embedding = threading.Lock()  # one embedding per query set
         self._cond = threading.Condition()
         self._groups: dict[tuple[Query, ...], _Group] = {}
         self._stopped = False
@@ -610,7 +607,7 @@ class SharedForward:
         """The chunk function for one file of a query set, embedded once per run and shared by
         the set's files. While a file is in its lane, the lane's other requests wait for its
         chunks (up to `rows`) instead of running alone."""
-        with self.lock:  # one embedding per query set, computed outside the model thread
+        with self._embedding:  # computed in the worker, outside the model thread
             group = self._groups.get(queries)
             if group is None:
                 group = _Group(self.separator.chunk_fn(list(queries), self.options))
@@ -624,7 +621,7 @@ class SharedForward:
             with self._cond:
                 group.busy -= 1
                 self._cond.notify_all()
-            with self.lock, self._cond:  # a million captions must not keep a million groups
+            with self._embedding, self._cond:  # a million captions: not a million groups
                 if group.busy == 0 and len(self._groups) > MAX_QUERY_SETS:
                     self._groups.pop(queries, None)
 

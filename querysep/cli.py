@@ -349,7 +349,6 @@ def _stop_on_sigterm() -> None:
 
 
 def _separate(args: argparse.Namespace) -> int:
-    import glob
 
     from querysep import audio, batch
     from querysep.options import SeparationOptions
@@ -386,21 +385,16 @@ def _separate(args: argparse.Namespace) -> int:
         if not queries:
             raise QuerysepError("give a text QUERY, -q QUERY or --query-audio PATH")
         items = batch.collect(inputs, queries)
-    single = (
-        args.manifest is None
-        and len(inputs) == 1
-        and not (_exists(inputs[0]) and Path(inputs[0]).is_dir())
-        and (_exists(inputs[0]) or not glob.has_magic(inputs[0]))
-    )
-    if single:
-        audio.info(inputs[0])  # one file: a bad input fails before the model loads
+    # one file named as such (not a folder, not a glob): the command as it always was
+    single = args.manifest is None and len(items) == 1 and items[0].audio == Path(inputs[0])
+    info = audio.info(items[0].audio) if single else None  # fails before the model loads
     ranks = batch.Ranks.from_env()
     device = ranks.device(args.device)
     resolve_dtype(args.dtype, resolve_device(device))  # fail before loading anything
     separator = load(args.model, device=device, dtype=args.dtype)
     if args.compile:
         separator.compile()
-    long_input = single and audio.info(inputs[0]).duration >= PROGRESS_SECONDS
+    long_input = info is not None and info.duration >= PROGRESS_SECONDS
 
     def report(record: dict[str, Any]) -> None:
         if record["status"] == "failed" and not single:

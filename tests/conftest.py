@@ -49,6 +49,25 @@ def tiny_separator(tiny_bundle: Path):
     return Separator.from_pretrained(tiny_bundle, device="cpu")
 
 
+def run_cli(capture: pytest.CaptureFixture[str], *args: object) -> subprocess.CompletedProcess:
+    """`querysep ARGS` in this process (no interpreter start-up per call): its exit status and
+    what `capture` (capfd sees a library writing to fd 2 too) caught on stdout and stderr."""
+    import signal
+
+    from querysep.cli import main
+
+    capture.readouterr()
+    handler = signal.getsignal(signal.SIGTERM)  # main() installs its own; put pytest's back
+    try:
+        code = main([str(a) for a in args])
+    except SystemExit as exc:  # argparse's --help / --version
+        code = exc.code
+    finally:
+        signal.signal(signal.SIGTERM, handler)
+    out, err = capture.readouterr()
+    return subprocess.CompletedProcess([str(a) for a in args], code, out, err)
+
+
 def tone(freq: float, seconds: float, sr: int, channels: int = 1, amp: float = 0.3) -> np.ndarray:
     t = np.arange(int(seconds * sr)) / sr
     x = amp * np.sin(2 * np.pi * freq * t)

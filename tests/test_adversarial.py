@@ -36,12 +36,11 @@ import yaml
 
 from querysep import pretrained
 from querysep import separator as separator_module
-from querysep.cli import main
 from querysep.errors import QueryError, QuerysepError
 from querysep.query import AudioQuery, Query
 from querysep.separator import Separator, separate
 
-from .conftest import CONFIGS, bad_audio_files, tone
+from .conftest import CONFIGS, bad_audio_files, run_cli, tone
 
 RATE = 16_000
 ENV = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
@@ -52,16 +51,8 @@ NAN, INF = float("nan"), float("inf")
 def cli(capfd: pytest.CaptureFixture[str], *args: Any) -> tuple[Any, str, str]:
     """`querysep ARGS` in this process: (exit code, stdout, stderr), captured at the file
     descriptors so that a library writing to fd 2 (transformers' load report) is seen too."""
-    capfd.readouterr()
-    handler = signal.getsignal(signal.SIGTERM)  # main() installs its own; put pytest's back
-    try:
-        code = main([str(a) for a in args])
-    except SystemExit as exc:  # argparse
-        code = exc.code
-    finally:
-        signal.signal(signal.SIGTERM, handler)
-    out, err = capfd.readouterr()
-    return code, out, err
+    done = run_cli(capfd, *args)
+    return done.returncode, done.stdout, done.stderr
 
 
 def assert_one_error_line(code: Any, err: str) -> str:

@@ -19,27 +19,9 @@ from querysep.errors import DataError
 from querysep.options import SeparationOptions
 from querysep.query import AudioQuery, Query
 
-from .conftest import tone
+from .conftest import run_cli, tone
 
 ENV = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
-
-
-class Run:
-    def __init__(self, returncode: int, stdout: str, stderr: str):
-        self.returncode, self.stdout, self.stderr = returncode, stdout, stderr
-
-
-def cli(capsys: pytest.CaptureFixture, *args: str) -> Run:
-    """`querysep ...` in this process (no interpreter start-up per call)."""
-    from querysep.cli import main
-
-    handler = signal.getsignal(signal.SIGTERM)  # main() installs its own; put pytest's back
-    try:
-        code = main([str(a) for a in args])
-    finally:
-        signal.signal(signal.SIGTERM, handler)
-    out = capsys.readouterr()
-    return Run(code, out.out, out.err)
 
 
 def write(path: Path, freq: float, seconds: float = 0.6, sr: int = 16000) -> Path:
@@ -83,7 +65,7 @@ def test_folder_run_logs_bad_items_then_resumes_and_force_redoes(
 ) -> None:
     out = tmp_path / "out"
     args = ("separate", str(collection), "-q", "dog", "--model", str(tiny_bundle), "-o", str(out))
-    first = cli(capsys, *args)
+    first = run_cli(capsys, *args)
     assert first.returncode == 1, first.stderr
     assert "Traceback" not in first.stderr
     failed = [line for line in first.stderr.splitlines() if line.startswith("querysep: failed:")]
@@ -106,13 +88,13 @@ def test_folder_run_logs_bad_items_then_resumes_and_force_redoes(
     summary = json.loads((out / "querysep-summary.json").read_text())
     assert (summary["done"], summary["failed"], summary["ok"]) == (9, 3, False)
 
-    again = cli(capsys, *args)  # done items are skipped, and nothing is rewritten
+    again = run_cli(capsys, *args)  # done items are skipped, and nothing is rewritten
     assert again.returncode == 1
     assert "0 done, 9 skipped, 3 failed" in again.stdout
     assert outputs(out) == written
 
     time.sleep(0.01)
-    forced = cli(capsys, *args, "--force")
+    forced = run_cli(capsys, *args, "--force")
     assert "9 done, 0 skipped, 3 failed" in forced.stdout
     redone = outputs(out)
     assert redone.keys() == written.keys()
@@ -127,18 +109,17 @@ def test_an_output_this_run_did_not_write_is_never_replaced(
     out.mkdir()
     mine = out / "x_dog.wav"
     mine.write_bytes(b"the user's own file")
-    res = cli(capsys, "separate", str(src), "dog", "--model", str(tiny_bundle), "-o", str(out))
+    args = ("separate", src, "dog", "--model", tiny_bundle, "-o", out)
+    res = run_cli(capsys, *args)
     assert res.returncode == 1 and res.stderr.startswith("querysep: error:"), res.stderr
     assert "--force" in res.stderr and len(res.stderr.strip().splitlines()) == 1
     assert mine.read_bytes() == b"the user's own file"
     assert not (out / "x_dog_residual.wav").exists()
-    forced = cli(
-        capsys, "separate", str(src), "dog", "--model", str(tiny_bundle), "-o", str(out), "--force"
-    )
+    forced = run_cli(capsys, *args, "--force")
     assert forced.returncode == 0, forced.stderr
     assert sf.info(str(mine)).frames == sf.info(str(src)).frames
     before = outputs(out)
-    rerun = cli(capsys, "separate", str(src), "dog", "--model", str(tiny_bundle), "-o", str(out))
+    rerun = run_cli(capsys, *args)
     assert rerun.returncode == 0 and "skipped" in rerun.stdout
     assert outputs(out) == before
 
@@ -276,7 +257,7 @@ def test_two_ranks_do_every_item_once_even_when_one_is_killed(
         write(tmp_path / "in" / f"item{k:02d}.wav", 180 + 40 * k, seconds=60.0 if k == 3 else 0.5)
     common = ["separate", str(tmp_path / "in"), "-q", "dog", "--model", str(tiny_bundle),
               "--workers", "1", "--quiet"]  # fmt: skip
-    single = cli(capsys, *common, "-o", str(tmp_path / "one"))
+    single = run_cli(capsys, *common, "-o", str(tmp_path / "one"))
     assert single.returncode == 0, single.stderr
 
     killed = tmp_path / "killed"

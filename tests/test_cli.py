@@ -11,7 +11,7 @@ import soundfile as sf
 
 from querysep import __version__
 
-from .conftest import CONFIGS, bad_audio_files, tone
+from .conftest import CONFIGS, bad_audio_files, run_cli, tone
 
 ENV = {**os.environ, "HF_HUB_OFFLINE": "1"}
 
@@ -25,23 +25,6 @@ def run(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess:
         cwd=cwd,
         timeout=300,
     )
-
-
-def run_here(capfd: pytest.CaptureFixture[str], *args: str) -> subprocess.CompletedProcess:
-    """`querysep ARGS` in this process (no interpreter start-up), stderr captured at the file
-    descriptor so that anything a library prints there counts too."""
-    import signal
-
-    from querysep.cli import main
-
-    capfd.readouterr()
-    handler = signal.getsignal(signal.SIGTERM)  # main() installs its own; put pytest's back
-    try:
-        code = main(list(args))
-    finally:
-        signal.signal(signal.SIGTERM, handler)
-    out, err = capfd.readouterr()
-    return subprocess.CompletedProcess(list(args), code, out, err)
 
 
 def test_version() -> None:
@@ -116,7 +99,7 @@ def bundle(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def test_bad_inputs_give_one_line_errors(bundle: Path, tmp_path: Path, capfd) -> None:
     for name, path in bad_audio_files(tmp_path).items():
         args = ("separate", str(path), "dog", "--model", str(bundle), "-o", str(tmp_path / "o"))
-        out = run_here(capfd, *args)
+        out = run_cli(capfd, *args)
         assert out.returncode != 0, name
         lines = out.stderr.strip().splitlines()
         assert len(lines) == 1 and lines[0].startswith("querysep: error:"), (name, out.stderr)
@@ -143,7 +126,7 @@ def test_bad_arguments(bundle: Path, tmp_path: Path, args: list[str], message: s
     src = tmp_path / "in.wav"
     sf.write(src, tone(440, 0.5, 16000).T, 16000)
     model = [] if "--model" in args else ["--model", str(bundle)]
-    out = run_here(capfd, "separate", str(src), *args, *model, "-o", str(tmp_path / "o"))
+    out = run_cli(capfd, "separate", str(src), *args, *model, "-o", str(tmp_path / "o"))
     assert out.returncode == 1
     assert len(out.stderr.strip().splitlines()) == 1 and message in out.stderr, out.stderr
 
@@ -232,29 +215,6 @@ def test_query_audio_is_an_input_too(bundle: Path, tmp_path: Path) -> None:
     assert out.returncode == 1 and "refusing to overwrite the input" in out.stderr, out.stderr
     assert example.read_bytes() == before
     assert sorted(p.name for p in out_dir.iterdir()) == ["good_foo.wav"]
-
-
-def test_sigterm_leaves_no_temporary_files(bundle: Path, tmp_path: Path) -> None:
-    """Schedulers stop jobs with SIGTERM: it cleans up like Ctrl-C, exit status 143."""
-    import signal
-    import time
-
-    src, out_dir = tmp_path / "long.wav", tmp_path / "o"
-    sf.write(src, tone(440, 240.0, 16000).T, 16000)
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "querysep", "separate", str(src), "dog", "--model", str(bundle),
-         "-o", str(out_dir)],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=ENV,
-    )  # fmt: skip
-    deadline = time.monotonic() + 120
-    while not list(out_dir.glob(".*.tmp")) and time.monotonic() < deadline:
-        assert proc.poll() is None, proc.communicate()
-        time.sleep(0.05)
-    assert list(out_dir.glob(".*.tmp")), "no output was being written"
-    proc.send_signal(signal.SIGTERM)
-    _, err = proc.communicate(timeout=60)
-    assert proc.returncode == 143 and "terminated" in err, err
-    assert list(out_dir.iterdir()) == []  # no partial outputs, no temporary files
 
 
 def test_a_full_disk_is_one_line_naming_the_folder(bundle: Path, tmp_path: Path) -> None:
