@@ -4,6 +4,8 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 # torch is pinned for reproducible CI; pyproject.toml keeps a range for users.
 TORCH ?= torch==2.13.0
+# pytest-xdist workers for `make test`; each gets an equal share of the cores (tests/conftest.py).
+TEST_WORKERS ?= 2
 
 .PHONY: test lint example bench clean system-deps mini
 
@@ -22,7 +24,7 @@ system-deps:
 test: system-deps $(VENV)/.installed
 	$(VENV)/bin/ruff check querysep tests bench demo
 	$(VENV)/bin/ruff format --check querysep tests bench demo
-	HF_HUB_OFFLINE=1 $(PY) -m pytest -q
+	HF_HUB_OFFLINE=1 $(PY) -m pytest -q -n $(TEST_WORKERS)
 
 lint: $(VENV)/.installed
 	$(VENV)/bin/ruff check querysep tests bench demo
