@@ -16,7 +16,8 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 # Under pytest-xdist (`make test` runs 2 workers) each worker gets its share of the cores, set
 # before torch is imported: two workers with a full thread team each would fight over them.
 if "PYTEST_XDIST_WORKER_COUNT" in os.environ:
-    _share = max(1, (os.cpu_count() or 1) // int(os.environ["PYTEST_XDIST_WORKER_COUNT"]))
+    _cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    _share = max(1, (_cores or 1) // int(os.environ["PYTEST_XDIST_WORKER_COUNT"]))
     os.environ.setdefault("OMP_NUM_THREADS", str(_share))
 # Tests never read or fill the user's model cache (a converted audiosep-base there would change
 # what the default model does).
