@@ -325,20 +325,19 @@ def _materialize_audiosep(directory: Path) -> Path:
 
     if (directory / "config.json").is_file():
         return directory
-    try:
-        checkpoint = download(AUDIOSEP_CHECKPOINT)
-        tmp = tempfile.TemporaryDirectory()
-        tokenizer = fetch_tokenizer(tmp.name)
-    except _NotDownloadable as exc:
-        raise ModelLoadError(
-            f"audiosep-base is not in the cache ({directory}) and {exc.file.url} cannot be "
-            "downloaded: on a machine with internet, fetch "
-            f"{AUDIOSEP_CHECKPOINT.url} and roberta-base's vocab.json and merges.txt "
-            "(https://huggingface.co/FacebookAI/roberta-base), then run "
-            f"`querysep convert audiosep CKPT {directory} --tokenizer DIR_WITH_THOSE_FILES`; "
-            "or name another bundle with model=... (CLI: --model)"
-        ) from None
-    with tmp:
+    with tempfile.TemporaryDirectory() as tmp:
+        try:
+            checkpoint = download(AUDIOSEP_CHECKPOINT)
+            tokenizer = fetch_tokenizer(tmp)
+        except _NotDownloadable as exc:
+            raise ModelLoadError(
+                f"audiosep-base is not in the cache ({directory}) and {exc.file.url} cannot be "
+                "downloaded: on a machine with internet, fetch "
+                f"{AUDIOSEP_CHECKPOINT.url} and roberta-base's vocab.json and merges.txt "
+                "(https://huggingface.co/FacebookAI/roberta-base), then run "
+                f"`querysep convert audiosep CKPT {directory} --tokenizer DIR_WITH_THOSE_FILES`; "
+                "or name another bundle with model=... (CLI: --model)"
+            ) from None
         report = convert_checkpoint(checkpoint, directory, tokenizer)
     print(f"querysep: converted AudioSep into {directory}\n{report.summary()}")
     return directory
