@@ -48,7 +48,10 @@ def test_browser_upload_query_and_result(demo_server: DemoServer, tmp_path: Path
             expect(page.get_by_role("button", name="Separate")).to_be_visible(timeout=30_000)
 
             page.locator("input[type=file]").first.set_input_files(str(recording))
-            expect(page.get_by_text("birdsong.wav").first).to_be_visible(timeout=15_000)
+            # the player's download link names the file once the server holds the upload (the
+            # file name as text shows only while the upload runs, so waiting for it was a race)
+            uploaded = page.locator('a[href$="/birdsong.wav"]').first
+            expect(uploaded).to_be_visible(timeout=15_000)
             page.get_by_label("Sound to extract").fill("dog barking")
             page.get_by_role("button", name="Separate").click()
 
