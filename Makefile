@@ -35,7 +35,7 @@ example: $(VENV)/.installed
 	$(PY) demo/example.py $(if $(MODEL),--model "$(MODEL)",) $(if $(QUERY),--query "$(QUERY)",)
 
 ## mini: rebuild the corpus and retrain querysep-mini from scratch on this CPU, pack it into
-## the package and measure it (about 1 h 45 min on 2 cores; figures in bench/README.md)
+## the package and measure it (about 2 h on 2 cores; figures in bench/README.md)
 mini: system-deps $(VENV)/.installed
 	rm -rf runs/mini runs/mini-long runs/mini-clap
 	$(VENV)/bin/querysep data corpus data/corpus
@@ -43,7 +43,7 @@ mini: system-deps $(VENV)/.installed
 		--valid data/corpus/valid.jsonl --steps 600 --batch-size 32
 	$(VENV)/bin/querysep train configs/train/mini.yaml
 	$(VENV)/bin/querysep train configs/train/mini-long.yaml
-	$(VENV)/bin/querysep pack runs/mini-long/best querysep/weights/querysep-mini \
+	$(VENV)/bin/querysep pack runs/mini-long/final querysep/weights/querysep-mini \
 		--sounds data/corpus/classes.json --force
 	$(PY) bench/mini.py querysep/weights/querysep-mini data/corpus
 

@@ -20,9 +20,9 @@ import sys
 from pathlib import Path
 
 #: family config -> training examples/s with the mini recipe on the idle 2-core CPU: band-split
-#: from the shipped model's 5,000-step run, the others from bench/train.py (25 steps of 8).
+#: from the first querysep-mini's 5,000-step run, the others from bench/train.py (25 steps of 8).
 SPEEDS = {
-    "configs/models/querysep-mini.yaml": 19.5,
+    "configs/models/bandsplit-mini.yaml": 19.5,
     "configs/models/resunet-mini.yaml": 10.7,
     "configs/models/flow-mini.yaml": 17.3,
 }

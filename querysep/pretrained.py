@@ -358,7 +358,7 @@ register(
 # -- querysep-mini -----------------------------------------------------------------------------
 _register_packaged(
     OFFLINE_MODEL,
-    "querysep's own small band-split separator + fitted tiny CLAP, 16 kHz, trained on a 2-core "
+    "querysep's own small ResUNet separator + fitted tiny CLAP, 16 kHz, trained on a 2-core "
     "CPU on 42 classes of real and made sounds (instruments, drums, speech, animals, "
     "procedural); ships inside the package, works offline",
     "MIT (querysep weights); trained on MIT (FluidR3_GM) and CC0 sounds",

@@ -42,9 +42,9 @@ def _item(item: dict) -> tuple[np.ndarray, np.ndarray, int]:
 def test_separates_held_out_mixtures_and_follows_the_query(mini: Separator) -> None:
     """Over the shipped held-out mixtures, the right caption gets the sound back and another
     class's caption does not. Thresholds are regression guards a little under what the shipped
-    model measures (5.21 dB and 1.35 dB here; the first shipped model, 4.27 and 1.43, would
-    fail them; bench/README.md has the full benchmark); the quality targets of issue 13 (9 dB
-    mean SDRi) are not reached yet."""
+    ResUNet measures (8.62 dB mean, 6.95 dB apart here); the band-split it replaced (5.21 dB,
+    3.87 dB apart) would fail them. bench/README.md has the full benchmark: issue 13's 9 dB
+    mean over 420 mixtures is not reached yet (6.08 dB)."""
     right, other = [], []
     for item in (i for i in ITEMS if i.get("target")):
         mixture, target, rate = _item(item)
@@ -52,21 +52,22 @@ def test_separates_held_out_mixtures_and_follows_the_query(mini: Separator) -> N
         right.append(float(metrics.sdr_improvement(results[0].target, target, mixture).mean()))
         other.append(float(metrics.sdr_improvement(results[1].target, target, mixture).mean()))
     assert len(right) >= 15
-    assert np.mean(right) >= 4.7, f"mean SDRi {np.mean(right):.2f} dB"
-    assert np.mean(right) - np.mean(other) >= 3.3, (np.mean(right), np.mean(other))
-    assert max(right) >= 12.0  # where it works, it really separates
+    assert np.mean(right) >= 8.0, f"mean SDRi {np.mean(right):.2f} dB"
+    assert np.mean(right) - np.mean(other) >= 6.0, (np.mean(right), np.mean(other))
+    assert max(right) >= 20.0  # where it works, it really separates
 
 
 def test_absent_targets_are_turned_down(mini: Separator) -> None:
-    """A query for a sound that is not there gets a quieter output (median -19 dB of the
-    mixture measured here, -10 dB for the first shipped model; the issue's target, <= -15 dB
-    for 90 % of items, is not reached yet: 55 % in bench/mini.py)."""
+    """A query for a sound that is not there gets a quieter output: median -14.6 dB of the
+    mixture here. This is where the ResUNet is weaker than the band-split it replaced (-19 dB
+    here; 37 % against 55 % of bench/mini.py's absent mixtures at <= -15 dB, where the issue
+    asks for 90 %); a stage that pushed it further cost 0.7 dB of SDRi (bench/README.md)."""
     ratios = []
     for item in (i for i in ITEMS if not i.get("target")):
         mixture, _, rate = _item(item)
         out = mini.separate(mixture, item["query"], sample_rate=rate)
         ratios.append(10 * np.log10(np.sum(out.target**2) / np.sum(mixture**2) + 1e-12))
-    assert len(ratios) >= 5 and np.median(ratios) <= -15.0, ratios
+    assert len(ratios) >= 5 and np.median(ratios) <= -12.0, ratios
 
 
 def test_packaged_bundle_is_small_listed_and_knows_its_sounds() -> None:
@@ -191,11 +192,11 @@ def test_demo_first_start_offline_separates_with_mini(tmp_path: Path) -> None:
     env_cache = {"QUERYSEP_CACHE": str(tmp_path / "cache")}
     server = start_demo(None, tmp_path, {}, env=env_cache)
     try:
-        item = next(i for i in ITEMS if i["name"].startswith("sweep05"))  # harmonica, 9.4 dB
+        item = next(i for i in ITEMS if i["name"].startswith("sweep05"))  # harmonica, 13.9 dB
         mixture, target, _ = _item(item)
         out, *_ = separate(server, MINI / item["mixture"], item["query"])
         gain = float(metrics.sdr_improvement(read(out), target, mixture).mean())
-        assert gain >= 8.0, f"SDRi {gain:.2f} dB through the demo"
+        assert gain >= 12.0, f"SDRi {gain:.2f} dB through the demo"
     finally:
         stop_demo(server)
 
