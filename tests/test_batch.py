@@ -289,3 +289,108 @@ def test_two_ranks_do_every_item_once_even_when_one_is_killed(
     assert summary["done"] == 12 - len([r for r in records if r["status"] == "skipped"])
     for path in (tmp_path / "one").glob("*.wav"):
         assert np.array_equal(sf.read(path)[0], sf.read(killed / path.name)[0])
+
+
+def twelve_items(
+    folder: Path, bundle: Path, capsys: pytest.CaptureFixture
+) -> tuple[list[Path], list[str]]:
+    """Twelve short files and the arguments that separate them (CPU, one worker); the
+    one-process run's outputs land in `folder/one` as the reference."""
+    files = [
+        write(folder / "in" / f"item{k:02d}.wav", 180 + 40 * k, seconds=0.5) for k in range(12)
+    ]
+    common = ["separate", str(folder / "in"), "-q", "dog", "--model", str(bundle),
+              "--device", "cpu", "--workers", "1", "--quiet"]  # fmt: skip
+    single = run_cli(capsys, *common, "-o", str(folder / "one"))
+    assert single.returncode == 0, single.stderr
+    return files, common
+
+
+def launched(*commands: list[str], timeout: float = 120) -> list[subprocess.CompletedProcess]:
+    """Starts the commands together (each in its own session) and waits for all of them; any
+    still running at the end is killed with its children, and the test fails."""
+    procs = [
+        subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                         env=ENV, start_new_session=True)
+        for cmd in commands
+    ]  # fmt: skip
+    results = []
+    try:
+        for cmd, proc in zip(commands, procs, strict=True):
+            out, err = proc.communicate(timeout=timeout)
+            results.append(subprocess.CompletedProcess(cmd, proc.returncode, out, err))
+    finally:
+        for proc in procs:
+            if proc.poll() is None:
+                os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait()
+    return results
+
+
+def assert_split_once(out: Path, files: list[Path], reference: Path) -> None:
+    """Two ranks did every item exactly once, each its own every-2nd share, rank 0's summary
+    counts all twelve, and every output equals the one-process run's, sample for sample."""
+    logs = sorted(p.name for p in out.glob("querysep-log*.jsonl"))
+    assert logs == ["querysep-log.rank0.jsonl", "querysep-log.rank1.jsonl"]
+    records = log_records(out)
+    assert [r["status"] for r in records] == ["done"] * len(files)  # none twice, none left out
+    for rank in (0, 1):
+        mine = sorted(r["input"] for r in records if r["rank"] == rank)
+        assert mine == [str(f) for f in files[rank::2]]
+    summary = json.loads((out / "querysep-summary.json").read_text())
+    counts = ("done", "skipped", "failed", "total", "ranks", "ok")
+    assert tuple(summary[k] for k in counts) == (12, 0, 0, 12, 2, True)
+    want = sorted(p.name for p in reference.glob("*.wav"))
+    assert len(want) == 24 and sorted(p.name for p in out.glob("*.wav")) == want
+    for name in want:  # not byte for byte: libsndfile's PEAK chunk holds the time of writing
+        assert np.array_equal(sf.read(out / name)[0], sf.read(reference / name)[0]), name
+
+
+def test_accelerate_launch_splits_items_over_two_processes(
+    tiny_bundle: Path, tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    """`accelerate launch` starts its processes through torch.distributed.run (`--multi_gpu`,
+    the default with several GPUs; on CPU it needs the flag); `--cpu` starts one process only
+    (several need MPI), which then does every item."""
+    from .conftest import free_port
+
+    files, common = twelve_items(tmp_path, tiny_bundle, capsys)
+    accelerate = [sys.executable, "-m", "accelerate.commands.accelerate_cli", "launch",
+                  "--num_machines", "1", "--num_processes", "2", "--mixed_precision", "no",
+                  "--dynamo_backend", "no"]  # fmt: skip
+    out = tmp_path / "accelerate"
+    multi = [*accelerate, "--multi_gpu", "--main_process_port", str(free_port())]
+    (run,) = launched([*multi, "-m", "querysep", *common, "-o", str(out)])
+    assert run.returncode == 0, run.stderr[-3000:]
+    assert "querysep: 12 done, 0 skipped, 0 failed of 12 items" in run.stderr
+    assert_split_once(out, files, tmp_path / "one")
+
+    alone = tmp_path / "cpu"
+    (run,) = launched([*accelerate, "--cpu", "-m", "querysep", *common, "-o", str(alone)])
+    assert run.returncode == 0, run.stderr[-3000:]
+    assert [p.name for p in alone.glob("querysep-log*.jsonl")] == ["querysep-log.jsonl"]
+    assert [r["status"] for r in log_records(alone)] == ["done"] * 12
+    summary = json.loads((alone / "querysep-summary.json").read_text())
+    assert (summary["done"], summary["total"], summary["ranks"]) == (12, 12, 1)
+
+
+def test_two_nodes_of_one_rank_each_split_the_items(
+    tiny_bundle: Path, tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    """Two torchrun agents, one per "node" (--nnodes 2 --node-rank 0 / 1), meeting at node 0's
+    address: here both on 127.0.0.1, sharing the output folder as nodes would."""
+    from .conftest import free_port
+
+    files, common = twelve_items(tmp_path, tiny_bundle, capsys)
+    out, port = tmp_path / "nodes", str(free_port())
+    nodes = [
+        [sys.executable, "-m", "torch.distributed.run", "--nnodes", "2", "--node-rank", str(n),
+         "--nproc-per-node", "1", "--master-addr", "127.0.0.1", "--master-port", port,
+         "-m", "querysep", *common, "-o", str(out)]
+        for n in (0, 1)
+    ]  # fmt: skip
+    node0, node1 = launched(*nodes)
+    assert (node0.returncode, node1.returncode) == (0, 0), node0.stderr[-3000:] + node1.stderr
+    assert "querysep: 12 done, 0 skipped, 0 failed of 12 items" in node0.stderr
+    assert "querysep:" not in node1.stderr  # rank 0 alone reports the merged count
+    assert_split_once(out, files, tmp_path / "one")
