@@ -178,6 +178,7 @@ def main() -> None:
     parser.add_argument("--fixtures", type=Path, help="write the tests' held-out mixtures, exit")
     args = parser.parse_args()
 
+    from querysep import metrics
     from querysep.data.corpus import GROUPS, group_of
     from querysep.query import AudioQuery, Query
     from querysep.separator import Separator
@@ -230,7 +231,7 @@ def main() -> None:
             negative.append(score(both[1].target[0], target, three))
             others = crop_b + crop_c
             out = sep.separate(others, clip_a.caption, sample_rate=rate).target[0]
-            absent.append(10 * np.log10((np.sum(out**2) + 1e-12) / (np.sum(others**2) + 1e-12)))
+            absent.append(float(metrics.energy_ratio_db(out, others)))
         if (i + 1) % 20 == 0 or i + 1 == args.items:
             print(f"{i + 1}/{args.items} mixtures", file=sys.stderr, flush=True)
 

@@ -59,7 +59,15 @@ def si_sdr_improvement(estimate: Any, reference: Any, mixture: Any) -> np.ndarra
     return si_sdr(estimate, reference) - si_sdr(mixture, reference)
 
 
-__all__ = ["sdr", "sdr_improvement", "si_sdr", "si_sdr_improvement"]
+def energy_ratio_db(estimate: Any, mixture: Any) -> np.ndarray:
+    """10 log10(|s_hat|^2 / |x|^2): how much of the mixture comes out. For a query whose sound
+    is absent the right output is silence, and SDR is undefined, so this is what is scored
+    (issue 13's bar: <= -15 dB)."""
+    est, mix = _pair(estimate, mixture)
+    return 10 * np.log10((np.sum(est**2, axis=-1) + 1e-12) / (np.sum(mix**2, axis=-1) + 1e-12))
+
+
+__all__ = ["energy_ratio_db", "sdr", "sdr_improvement", "si_sdr", "si_sdr_improvement"]
 
 
 def bss_sdr(estimate: Any, reference: Any, filter_length: int = 512) -> np.ndarray:

@@ -211,3 +211,37 @@ def test_refuses_checkpoints_that_would_run_code(tmp_path, monkeypatch) -> None:
         read_lightning_checkpoint(tmp_path / "plain.ckpt")
     with pytest.raises(ModelLoadError, match="no checkpoint"):
         read_lightning_checkpoint(tmp_path / "missing.ckpt")
+
+
+def test_presence_gate_scales_each_chunk_as_a_whole_and_starts_open() -> None:
+    """The gate multiplies one item's whole output by one number in [0, 1] (the iSTFT is
+    linear), starts almost open so a gate added to a trained model barely changes it, and can
+    close to silence; without `presence_gate` the model has no such parameters (AudioSep's
+    layout)."""
+    plain = model("resunet-mini", query_dim=64).eval()
+    cfg = yaml.safe_load((CONFIGS / "resunet-mini.yaml").read_text())
+    torch.manual_seed(0)
+    gated = build_model(
+        "resunet",
+        {**cfg["model"], "presence_gate": True, "sample_rate": 16000, "query_dim": 64},
+    ).eval()
+    assert not any(k.startswith("presence") for k in plain.state_dict())
+    extra = {k for k in gated.state_dict() if k not in plain.state_dict()}
+    assert extra and all(k.startswith("presence.") for k in extra)
+    gated.load_state_dict(plain.state_dict(), strict=False)
+    x = torch.randn(3, 16000) * 0.1
+    q = torch.nn.functional.normalize(torch.randn(3, 64), dim=-1)
+    with torch.no_grad():
+        ref = plain(x, q)
+        start = torch.sigmoid(torch.tensor(4.0))
+        torch.testing.assert_close(gated(x, q), ref * start, rtol=1e-4, atol=1e-7)
+        last = gated.presence.score[-1]
+        last.weight.normal_(0, 0.5)
+        out = gated(x, q)
+        gates = (out * ref).sum(-1) / ref.square().sum(-1)  # least-squares scale per item
+        torch.testing.assert_close(out, ref * gates[:, None], rtol=1e-4, atol=1e-7)
+        assert ((gates > 0) & (gates < 1)).all() and gates.max() - gates.min() > 1e-3
+        last.weight.zero_()
+        last.bias.fill_(-30.0)
+        closed = gated(x, q)
+    assert closed.square().sum() / ref.square().sum() < 1e-20

@@ -715,3 +715,65 @@ def test_the_trainer_trains_flow_models_through_their_own_objective(
     out = bundle.separate(np.zeros((1, 8000), np.float32) + 0.01, "a beep", sample_rate=RATE,
                           steps=2, seed=0)  # fmt: skip
     assert np.isfinite(out.target).all()
+
+
+def test_extend_adds_a_presence_gate_to_a_bundle_and_trains_only_the_gate(
+    corpus: dict[str, Path], tmp_path: Path
+) -> None:
+    """querysep-mini's third stage: `model.extend` rebuilds a bundle's model with a new part,
+    `model.freeze` holds the rest. The frozen network must not move at all, batch-norm running
+    statistics included (in train mode they would follow every batch)."""
+    from querysep.separator import Separator
+    from querysep.train.trainer import Trainer, load_train_config
+
+    base = {
+        "family": "resunet",
+        "sample_rate": RATE,
+        "model": {"n_fft": 512, "hop_length": 128, "widths": [4, 4, 8, 8, 8, 8]},
+        "query_encoder": {"tiny": True},
+    }
+    start = Separator.from_config(base, seed=1).save_pretrained(tmp_path / "start")
+    before = Separator.from_pretrained(start, device="cpu").model.state_dict()
+    cfg = train_config(tmp_path, corpus, max_steps=3)
+    cfg["model"] = {
+        "bundle": str(start),
+        "extend": {"presence_gate": True},
+        "freeze": ["bn0", "pre_conv", "encoders", "center", "decoders", "after_conv"],
+    }
+    cfg["data"]["mixing"]["absent_share"] = 0.5
+    (tmp_path / "c.yaml").write_text(yaml.safe_dump(cfg))
+    trainer = Trainer(load_train_config(tmp_path / "c.yaml"))
+    result = trainer.fit()
+    after = Separator.from_pretrained(result["final"], device="cpu")
+    assert after.config["model"]["presence_gate"] is True
+    state = after.model.state_dict()
+    assert {k for k in state if k not in before} == {
+        f"presence.score.{i}.{p}" for i in (0, 2) for p in ("weight", "bias")
+    }
+    moved = [k for k, v in before.items() if not torch.equal(state[k], v)]
+    assert not moved, moved[:3]
+    assert not torch.equal(state["presence.score.2.bias"], torch.tensor([4.0]))
+    # validation scores absent targets when training has them; a closed gate passes them all
+    open_gate = trainer.validate_absent()
+    assert open_gate is not None and 0.0 <= open_gate["quiet_share"] <= 1.0
+    with torch.no_grad():
+        trainer.separator.model.presence.score[-1].bias.fill_(-30.0)
+    if trainer.ema:
+        trainer.ema.shadow["presence.score.2.bias"].fill_(-30.0)
+    closed = trainer.validate_absent()
+    assert closed == {"quiet_share": 1.0, "median_db": pytest.approx(closed["median_db"])}
+    assert closed["median_db"] < open_gate["median_db"] - 100
+
+    for extend, message in [
+        ({"widths": [8, 8, 8, 8, 8, 8]}, "shape"),
+        ({"presence_gates": True}, "unknown config keys"),
+    ]:
+        cfg["model"]["extend"] = extend
+        cfg["output_dir"] = str(tmp_path / "bad")
+        (tmp_path / "c.yaml").write_text(yaml.safe_dump(cfg))
+        with pytest.raises(ConfigError, match=message):
+            Trainer(load_train_config(tmp_path / "c.yaml"))
+    cfg["model"] = {"config": tiny_model_config(), "extend": {"presence_gate": True}}
+    (tmp_path / "c.yaml").write_text(yaml.safe_dump(cfg))
+    with pytest.raises(ConfigError, match="bundle: only"):
+        load_train_config(tmp_path / "c.yaml")

@@ -49,7 +49,7 @@ CLIP_MODES = ("fixed", "autoclip", "none")
 TRACKERS = ("none", "all", "aim", "tensorboard", "wandb", "trackio", "comet_ml", "mlflow",
             "clearml", "dvclive", "swanlab")  # fmt: skip
 #: Mappings kept as given: `MixingConfig.from_dict` and `SeparationLoss` check their keys.
-FREE_FORM = ("mixing", "loss")
+FREE_FORM = ("mixing", "loss", "extend")
 
 
 # -- the sections -------------------------------------------------------------------------------
@@ -61,6 +61,9 @@ class ModelSection:
     bundle: str | None = None
     query_encoder: str | None = None
     freeze: list[str] = field(default_factory=list)
+    #: Hyper-parameters added to the bundle's model config (e.g. `presence_gate: true`): the
+    #: parts they add start from their initialisation, every weight the bundle has carries over.
+    extend: dict[str, Any] = field(default_factory=dict)
     seed: int = 0
 
 
@@ -180,6 +183,7 @@ class TrainConfig:
                 bundle=m["bundle"] or None,
                 query_encoder=m["query_encoder"] or None,
                 freeze=m["freeze"],
+                extend=m["extend"],
                 seed=m["seed"],
             ),
             data=DataSection(**{
@@ -350,6 +354,13 @@ def _check(cfg: dict) -> None:
             "model.query_encoder applies to config: only; a bundle keeps the encoder it was "
             "trained with"
         )
+    extend = cfg["model"]["extend"]
+    if not isinstance(extend, dict) or not all(isinstance(k, str) for k in extend):
+        raise ConfigError(
+            f"model.extend must be a mapping of model hyper-parameters, got {extend!r}"
+        )
+    if extend and not cfg["model"]["bundle"]:
+        raise ConfigError("model.extend applies to bundle: only; put the keys in the model config")
     if bool(cfg["data"]["train"]) == bool(cfg["data"]["shards"]):
         raise ConfigError("data needs exactly one of train: MANIFEST or shards: URLS")
     if cfg["train"]["clip"]["mode"] not in CLIP_MODES:

@@ -49,6 +49,49 @@ def _model_config(m: ModelSection) -> dict[str, Any]:
     return cfg
 
 
+def _extended(separator: Any, extra: dict[str, Any], seed: int) -> Any:
+    """The bundle's model rebuilt with `extra` hyper-parameters (`model.extend`): what it adds
+    starts from a seeded initialisation, every weight the bundle has carries over."""
+    from querysep.models import build_model
+    from querysep.separator import Separator
+
+    cfg = dict(separator.config)
+    cfg["model"] = {**cfg["model"], **extra}
+    old = separator.model
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        model = build_model(
+            cfg["family"],
+            {**cfg["model"], "sample_rate": old.sample_rate, "query_dim": old.query_dim},
+        )
+    try:
+        result = model.load_state_dict(old.state_dict(), strict=False)
+    except RuntimeError as exc:
+        raise ConfigError(f"model.extend {extra} changes the shape of bundle weights") from exc
+    if result.unexpected_keys:
+        raise ConfigError(
+            f"model.extend {extra} leaves bundle weights without a place: "
+            f"{', '.join(result.unexpected_keys[:3])}"
+        )
+    return Separator(model, cfg, separator.query_encoder)
+
+
+def _frozen_norms(model: torch.nn.Module) -> list[torch.nn.Module]:
+    """Batch norms whose parameters are all frozen. They stay in eval mode while the rest
+    trains: in train mode they would normalise by each batch's statistics and move their
+    running ones, so a frozen network would still change, and differ from what inference
+    runs."""
+    from torch.nn.modules.batchnorm import _BatchNorm
+
+    return [
+        m
+        for m in model.modules()
+        if isinstance(m, _BatchNorm)
+        and m.track_running_stats
+        and not any(p.requires_grad for p in m.parameters())
+    ]
+
+
 class _WithLoss(torch.nn.Module):
     """Model + objective in one module, so DDP sees the whole forward (and syncs gradients)
     whether the family is trained by reconstruction or owns its objective (flow matching)."""
@@ -98,12 +141,15 @@ class Trainer:
         m = cfg.model
         if m.bundle:
             self.separator = Separator.from_pretrained(m.bundle, device="cpu")
+            if m.extend:
+                self.separator = _extended(self.separator, m.extend, int(m.seed))
         else:
             self.separator = Separator.from_config(_model_config(m), seed=int(m.seed))
         self.model = _WithLoss(self.separator.model.train(), SeparationLoss(cfg.loss))
         for name, p in self.separator.model.named_parameters():
             if any(name.startswith(prefix) for prefix in m.freeze):
                 p.requires_grad_(False)
+        self._frozen_norms = _frozen_norms(self.separator.model)
         try:
             self.encoder = self.separator.query_encoder.to(self.accelerator.device)
         except ModelLoadError as exc:
@@ -115,6 +161,7 @@ class Trainer:
             ) from None
         self._text_cache = self._precomputed_captions()
         self._valid_batches: list[dict[str, Any]] | None = None
+        self._absent_batches: list[dict[str, Any]] | None = None
         o = cfg.optim
         params = [p for p in self.model.parameters() if p.requires_grad]
         if not params:
@@ -234,6 +281,8 @@ class Trainer:
         return cache
 
     def compute_loss(self, batch: dict[str, Any]) -> dict[str, torch.Tensor]:
+        for norm in self._frozen_norms:  # validation's model.train() turned them back on
+            norm.eval()
         mixture, target = batch["mixture"], batch["target"]
         b, c, n = mixture.shape
         pos, neg = self.embed(batch)
@@ -322,33 +371,63 @@ class Trainer:
                 model.load_state_dict(saved, strict=False)
             model.train(was_training)
 
-    @torch.no_grad()
-    def validate(self) -> float | None:
+    def _valid_set(self, salt: int, **mixing: Any) -> list[dict[str, Any]]:
         from querysep.data.mixing import MixingDataset, collate
 
-        if not self.cfg.data.valid:
-            return None
-        if self._valid_batches is None:
-            mixing = self._mixing(audio_query_share=0.0, absent_share=0.0, negative_share=0.0)
-            ds = MixingDataset(
-                self._manifest(self.cfg.data.valid),
-                mixing,
-                length=int(self.cfg.data.valid_items),
-                seed=int(self.cfg.train.seed) + 1_000_003,
-            )
-            self._valid_batches = list(
-                torch.utils.data.DataLoader(ds, batch_size=8, collate_fn=collate)
-            )
-        scores = []
+        ds = MixingDataset(
+            self._manifest(self.cfg.data.valid),
+            self._mixing(**mixing),
+            length=int(self.cfg.data.valid_items),
+            seed=int(self.cfg.train.seed) + salt,
+        )
+        return list(torch.utils.data.DataLoader(ds, batch_size=8, collate_fn=collate))
+
+    def _valid_outputs(
+        self, batches: list[dict[str, Any]]
+    ) -> Iterator[tuple[dict[str, Any], torch.Tensor]]:
         with self.averaged() as model:
-            for batch in self._valid_batches:
+            for batch in batches:
                 b, c, n = batch["mixture"].shape
                 pos, neg = self.embed(batch)
                 mix = batch["mixture"].reshape(b * c, n).to(self.accelerator.device)
-                est = model(mix, pos.repeat_interleave(c, 0), neg).reshape(b, c, n).float().cpu()
-                sdri = metrics.sdr_improvement(est, batch["target"], batch["mixture"])
-                scores.append(sdri.ravel())
+                est = model(mix, pos.repeat_interleave(c, 0), neg)
+                yield batch, est.reshape(b, c, n).float().cpu()
+
+    @torch.no_grad()
+    def validate(self) -> float | None:
+        """Mean SDRi over held-out mixtures whose target is present, text queries only."""
+        if not self.cfg.data.valid:
+            return None
+        if self._valid_batches is None:
+            self._valid_batches = self._valid_set(
+                1_000_003, audio_query_share=0.0, absent_share=0.0, negative_share=0.0
+            )
+        scores = [
+            metrics.sdr_improvement(est, batch["target"], batch["mixture"]).ravel()
+            for batch, est in self._valid_outputs(self._valid_batches)
+        ]
         return float(np.mean(np.concatenate(scores)))
+
+    @torch.no_grad()
+    def validate_absent(self) -> dict[str, float] | None:
+        """Held-out mixtures that do not hold the queried sound, when training asks for them:
+        the share whose output is at least 15 dB below the mixture, and the median level. SDRi
+        cannot score these (the right answer is silence), so they are reported beside it."""
+        if not self.cfg.data.valid or not self._mixing().absent_share:
+            return None
+        if self._absent_batches is None:
+            self._absent_batches = self._valid_set(
+                2_000_003, audio_query_share=0.0, absent_share=1.0, negative_share=0.0,
+                absent_from=0,
+            )  # fmt: skip
+        levels = np.concatenate([
+            metrics.energy_ratio_db(est, batch["mixture"]).ravel()
+            for batch, est in self._valid_outputs(self._absent_batches)
+        ])  # fmt: skip
+        return {
+            "quiet_share": float(np.mean(levels <= -15.0)),
+            "median_db": float(np.median(levels)),
+        }
 
     def export(self, name: str) -> Path:
         from querysep.separator import Separator
@@ -450,6 +529,13 @@ class Trainer:
         acc = self.accelerator
         if acc.is_main_process:
             sdri = self.validate()
+            absent = self.validate_absent()
+            if absent is not None:
+                acc.log({f"valid/absent_{k}": v for k, v in absent.items()}, step=step)
+                acc.print(
+                    f"step {step}: absent targets {absent['quiet_share']:.0%} at <= -15 dB "
+                    f"(median {absent['median_db']:.1f} dB)"
+                )
             if sdri is not None:
                 acc.log({"valid/sdri": sdri}, step=step)
                 acc.print(f"step {step}: valid SDRi {sdri:.2f} dB")
