@@ -288,6 +288,17 @@ def shard(items: Sequence[Item], rank: int, world: int) -> list[Item]:
 
 
 # -- ranks ------------------------------------------------------------------------------------
+#: Where launchers put a process's rank, world size and local rank, in the order they are read:
+#: torchrun and accelerate launch, Open MPI's mpirun (`accelerate launch --cpu` with
+#: `--mpirun_hostfile`), then MPICH / Intel MPI. Slurm's own variables are not read: a batch
+#: script's single process sees SLURM_NTASKS too and would wait for ranks that never start.
+RANK_VARIABLES = (
+    ("RANK", "WORLD_SIZE", "LOCAL_RANK"),
+    ("OMPI_COMM_WORLD_RANK", "OMPI_COMM_WORLD_SIZE", "OMPI_COMM_WORLD_LOCAL_RANK"),
+    ("PMI_RANK", "PMI_SIZE", "MPI_LOCALRANKID"),
+)
+
+
 @dataclass(frozen=True)
 class Ranks:
     rank: int = 0
@@ -296,15 +307,18 @@ class Ranks:
 
     @classmethod
     def from_env(cls) -> Ranks:
-        """torchrun and accelerate launch set RANK / WORLD_SIZE / LOCAL_RANK."""
+        """This process's place among the launcher's processes (one process when none is set)."""
+        env = os.environ
+        names = next((n for n in RANK_VARIABLES if n[0] in env or n[1] in env), RANK_VARIABLES[0])
+        rank_name, world_name, local_name = names
         try:
-            world = int(os.environ.get("WORLD_SIZE", "1"))
-            rank = int(os.environ.get("RANK", "0"))
-            local = int(os.environ.get("LOCAL_RANK", "0"))
+            world = int(env.get(world_name, "1"))
+            rank = int(env.get(rank_name, "0"))
+            local = int(env.get(local_name, "0"))
         except ValueError:
-            raise DataError("RANK, WORLD_SIZE and LOCAL_RANK must be whole numbers") from None
+            raise DataError(f"{', '.join(names)} must be whole numbers") from None
         if world < 1 or not 0 <= rank < world:
-            raise DataError(f"RANK {rank} is not within WORLD_SIZE {world}")
+            raise DataError(f"{rank_name} {rank} is not within {world_name} {world}")
         return cls(rank, world, local)
 
     def device(self, device: str) -> str:
@@ -522,8 +536,16 @@ def _join(ranks: Ranks) -> None:
     import torch.distributed as dist
 
     if ranks.world > 1 and not dist.is_initialized():
+        missing = [v for v in ("MASTER_ADDR", "MASTER_PORT") if not os.environ.get(v)]
+        if missing:  # torchrun and accelerate set them; mpirun does not
+            raise DataError(
+                f"{ranks.world} ranks need {' and '.join(missing)} to meet (rank 0's host and a "
+                "free port): set them, or launch with torchrun"
+            )
         # ranks wait for the slowest one at the end: a week, not the default 30 min
-        dist.init_process_group("gloo", timeout=datetime.timedelta(days=7))
+        dist.init_process_group(
+            "gloo", rank=ranks.rank, world_size=ranks.world, timeout=datetime.timedelta(days=7)
+        )
 
 
 def _gather(summary: Summary, ranks: Ranks) -> Summary:

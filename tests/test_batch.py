@@ -306,13 +306,17 @@ def twelve_items(
     return files, common
 
 
-def launched(*commands: list[str], timeout: float = 120) -> list[subprocess.CompletedProcess]:
-    """Starts the commands together (each in its own session) and waits for all of them; any
-    still running at the end is killed with its children, and the test fails."""
+def launched(
+    *commands: list[str], timeout: float = 120, envs: list[dict[str, str]] | None = None
+) -> list[subprocess.CompletedProcess]:
+    """Starts the commands together (each in its own session, with its own `envs` entry if
+    given) and waits for all of them; any still running at the end is killed with its
+    children, and the test fails."""
+    envs = envs or [ENV] * len(commands)
     procs = [
         subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                         env=ENV, start_new_session=True)
-        for cmd in commands
+                         env=env, start_new_session=True)
+        for cmd, env in zip(commands, envs, strict=True)
     ]  # fmt: skip
     results = []
     try:
@@ -394,3 +398,51 @@ def test_two_nodes_of_one_rank_each_split_the_items(
     assert "querysep: 12 done, 0 skipped, 0 failed of 12 items" in node0.stderr
     assert "querysep:" not in node1.stderr  # rank 0 alone reports the merged count
     assert_split_once(out, files, tmp_path / "one")
+
+
+def test_mpi_rank_variables_split_the_items(
+    tiny_bundle: Path, tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    """What Open MPI's mpirun gives each process (`accelerate launch --cpu --mpirun_hostfile`
+    runs through it): OMPI_COMM_WORLD_* instead of RANK / WORLD_SIZE. The project does not
+    install MPI, so the two processes are started with the variables mpirun would set."""
+    from .conftest import free_port
+
+    files, common = twelve_items(tmp_path, tiny_bundle, capsys)
+    base = {k: v for k, v in ENV.items() if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK")}
+    mpi = [
+        {**base, "OMPI_COMM_WORLD_RANK": str(r), "OMPI_COMM_WORLD_SIZE": "2",
+         "OMPI_COMM_WORLD_LOCAL_RANK": str(r)}
+        for r in (0, 1)
+    ]  # fmt: skip
+    out = tmp_path / "mpi"
+    command = [sys.executable, "-m", "querysep", *common, "-o", str(out)]
+    # without a meeting point: one line naming what is missing, no traceback, no outputs
+    (alone,) = launched(command, envs=[mpi[0]])
+    assert alone.returncode != 0 and "Traceback" not in alone.stderr
+    assert "need MASTER_ADDR and MASTER_PORT" in alone.stderr.strip().splitlines()[-1]
+    assert not list(out.glob("*.wav"))
+    meet = {"MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(free_port())}
+    rank0, rank1 = launched(command, command, envs=[{**e, **meet} for e in mpi])
+    assert (rank0.returncode, rank1.returncode) == (0, 0), rank0.stderr[-3000:] + rank1.stderr
+    assert "querysep: 12 done, 0 skipped, 0 failed of 12 items" in rank0.stderr
+    assert_split_once(out, files, tmp_path / "one")
+
+
+def test_rank_variables_are_checked(monkeypatch: pytest.MonkeyPatch) -> None:
+    for names in batch.RANK_VARIABLES:
+        for name in names:
+            monkeypatch.delenv(name, raising=False)
+    assert batch.Ranks.from_env() == batch.Ranks(0, 1, 0)
+    monkeypatch.setenv("PMI_RANK", "3")
+    monkeypatch.setenv("PMI_SIZE", "4")
+    assert batch.Ranks.from_env() == batch.Ranks(3, 4, 0)
+    monkeypatch.setenv("RANK", "1")  # torchrun's variables come first
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    assert batch.Ranks.from_env() == batch.Ranks(1, 2, 0)
+    monkeypatch.setenv("RANK", "2")
+    with pytest.raises(DataError, match="RANK 2 is not within WORLD_SIZE 2"):
+        batch.Ranks.from_env()
+    monkeypatch.setenv("RANK", "one")
+    with pytest.raises(DataError, match="whole numbers"):
+        batch.Ranks.from_env()
