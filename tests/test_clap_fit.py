@@ -7,14 +7,20 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 import yaml
 
 from querysep.data.manifest import read_manifest
-from querysep.errors import ConfigError
+from querysep.errors import ConfigError, QueryError
 from querysep.query.clap import ClapQueryEncoder
-from querysep.train.clap import ClapFitConfig, fit_clap, zero_shot_accuracy
+from querysep.train.clap import (
+    ClapFitConfig,
+    contrastive_loss,
+    fit_clap,
+    zero_shot_accuracy,
+)
 
 from .conftest import ROOT
 from .test_train import make_corpus, train_config
@@ -38,13 +44,18 @@ def cli(*args: str) -> subprocess.CompletedProcess:
     )
 
 
-def test_fitting_makes_the_tiny_clap_tell_classes_apart(corpus: dict[str, Path]) -> None:
+@pytest.mark.parametrize("batched", [False, True])
+def test_fitting_makes_the_tiny_clap_tell_classes_apart(
+    corpus: dict[str, Path], batched: bool
+) -> None:
     encoder = ClapQueryEncoder.tiny(0)
     valid = read_manifest(corpus["valid"])
     before = zero_shot_accuracy(encoder, valid, seconds=1.0)
     # the random tiny CLAP: captions of one class no closer than captions of different ones
     assert abs(before["caption_margin"]) < 0.15
-    cfg = ClapFitConfig(steps=100, batch_size=4, lr=3e-3, seconds=1.0, warmup_steps=5)
+    cfg = ClapFitConfig(
+        steps=100, batch_size=4, lr=3e-3, seconds=1.0, warmup_steps=5, batched_features=batched
+    )
     losses = fit_clap(encoder, read_manifest(corpus["train"]), cfg)
     after = zero_shot_accuracy(encoder, valid, seconds=1.0)
     # measured over seeds 0-3: held-out accuracy 0.25 (chance) -> 0.625-0.875, caption
@@ -54,6 +65,27 @@ def test_fitting_makes_the_tiny_clap_tell_classes_apart(corpus: dict[str, Path])
     assert sum(losses[-10:]) < sum(losses[:10])
     assert not encoder.model.training
     assert not any(p.requires_grad for p in encoder.model.parameters())
+
+
+def test_batched_features_match_the_feature_extractor() -> None:
+    """Fitting computes CLAP's log-mel features in torch; they must be the extractor's, or the
+    fitted encoder would see other features at inference than in training."""
+    encoder = ClapQueryEncoder.tiny(0)
+    rng = np.random.default_rng(0)
+    for length in (1_000, 144_000, 470_000, 480_000):  # repeat-padded, tiled, whole window
+        crops = (0.1 * rng.standard_normal((3, length))).astype(np.float32)
+        crops[1] *= 1e-4  # a quiet one: the -100 dB floor of the log
+        ref = encoder.audio_inputs(list(crops))["input_features"]
+        got = encoder.batch_audio_inputs(torch.from_numpy(crops))["input_features"]
+        assert got.shape == ref.shape == (3, 1, 1001, 64)
+        assert (got - ref).abs().max() < 1e-3  # dB
+    captions = ["a beep", "a dog barking", "rain falling"]
+    plain = contrastive_loss(encoder, list(crops), captions)
+    assert torch.isclose(contrastive_loss(encoder, list(crops), captions, batched=True), plain)
+    with pytest.raises(QueryError, match="1 to 480000 samples"):
+        encoder.batch_audio_inputs(torch.zeros(2, 480_001))
+    with pytest.raises(QueryError, match="unfused"):
+        ClapQueryEncoder.tiny(0, fused=True).batch_audio_inputs(torch.zeros(2, 1_000))
 
 
 def test_fitting_is_deterministic(corpus: dict[str, Path]) -> None:
@@ -90,6 +122,8 @@ def test_train_clap_cli_writes_an_encoder_that_configs_take(
 
 
 def test_train_clap_cli_refuses_bad_requests(corpus: dict[str, Path], tmp_path: Path) -> None:
+    fused = tmp_path / "fused-clap"
+    ClapQueryEncoder.tiny(0, fused=True).save_pretrained(fused)
     busy = tmp_path / "busy"
     busy.mkdir()
     (busy / "keep.txt").write_text("mine")
@@ -100,6 +134,15 @@ def test_train_clap_cli_refuses_bad_requests(corpus: dict[str, Path], tmp_path: 
     assert proc.returncode != 0 and "holds an input" in proc.stderr
     proc = cli("train-clap", str(corpus["train"]), str(tmp_path / "x"), "--steps", "0")
     assert proc.returncode != 0 and "must be positive" in proc.stderr
+    proc = cli(
+        "train-clap",
+        str(corpus["train"]),
+        str(tmp_path / "x"),
+        "--batched-features",
+        "--init",
+        str(fused),
+    )
+    assert proc.returncode != 0 and "fused" in proc.stderr
     proc = cli("train-clap", str(tmp_path / "none.jsonl"), str(tmp_path / "x"))
     assert proc.returncode != 0 and "Traceback" not in proc.stderr
     assert not (tmp_path / "x").exists()
