@@ -94,6 +94,22 @@ def pick(rng: np.random.Generator, clips: list[Clip], avoid: set[str]) -> Clip:
     return fresh[int(rng.integers(len(fresh)))]
 
 
+def draw_item(
+    rng: np.random.Generator, clips: dict[str, list[Clip]], i: int, frames: int
+) -> tuple[str, Clip, Clip, Clip, np.ndarray, np.ndarray, np.ndarray]:
+    """Item i: class A in turn, two other classes B and C, a clip of each from different
+    sources, and crops of B and C at A's energy: (A, clips A/B/C, crops A/B/C)."""
+    labels = list(clips)
+    a = labels[i % len(labels)]
+    b, c = (str(x) for x in rng.choice([x for x in labels if x != a], size=2, replace=False))
+    clip_a = clips[a][(i // len(labels)) % len(clips[a])]
+    clip_b = pick(rng, clips[b], {clip_a.source})
+    clip_c = pick(rng, clips[c], {clip_a.source, clip_b.source})
+    target = active_crop(rng, clip_a.audio, frames)
+    crop_b, crop_c = (matched(active_crop(rng, x.audio, frames), target) for x in (clip_b, clip_c))
+    return a, clip_a, clip_b, clip_c, target, crop_b, crop_c
+
+
 def stats(values: list[float]) -> dict[str, float]:
     v = np.asarray(values, dtype=np.float64)
     return {
@@ -201,15 +217,7 @@ def main() -> None:
     wrong, example, plain, negative, absent = [], [], [], [], []
     for i in range(args.items):
         rng = np.random.default_rng([args.seed, i])
-        a = labels[i % len(labels)]
-        b, c = (str(x) for x in rng.choice([x for x in labels if x != a], size=2, replace=False))
-        clip_a = clips[a][(i // len(labels)) % len(clips[a])]
-        clip_b = pick(rng, clips[b], {clip_a.source})
-        clip_c = pick(rng, clips[c], {clip_a.source, clip_b.source})
-        target = active_crop(rng, clip_a.audio, frames)
-        crop_b, crop_c = (
-            matched(active_crop(rng, x.audio, frames), target) for x in (clip_b, clip_c)
-        )
+        a, clip_a, clip_b, clip_c, target, crop_b, crop_c = draw_item(rng, clips, i, frames)
         mixture = target + crop_b
         queries: list[Any] = [clip_a.caption]
         if i < checks:
