@@ -40,7 +40,7 @@ mini: system-deps $(VENV)/.installed
 	rm -rf runs/mini runs/mini-long runs/mini-clap
 	$(VENV)/bin/querysep data corpus data/corpus
 	$(VENV)/bin/querysep train-clap data/corpus/train.jsonl runs/mini-clap \
-		--valid data/corpus/valid.jsonl --steps 600 --batch-size 32
+		--valid data/corpus/valid.jsonl --steps 1200 --batch-size 32 --batched-features
 	$(VENV)/bin/querysep train configs/train/mini.yaml
 	$(VENV)/bin/querysep train configs/train/mini-long.yaml
 	$(VENV)/bin/querysep pack runs/mini-long/final querysep/weights/querysep-mini \

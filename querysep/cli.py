@@ -224,7 +224,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--batched-features",
         action="store_true",
         help="compute the log-mel features in torch, batched (unfused CLAPs; a quarter less "
-        "time per step; `make mini` leaves it off so that it rebuilds the shipped encoder)",
+        "time per step; `make mini` fits querysep-mini's encoder with it)",
     )
     clap.add_argument("--force", action="store_true", help="replace a non-empty OUT")
     clap.add_argument("--quiet", action="store_true")
