@@ -245,3 +245,34 @@ def test_presence_gate_scales_each_chunk_as_a_whole_and_starts_open() -> None:
         last.bias.fill_(-30.0)
         closed = gated(x, q)
     assert closed.square().sum() / ref.square().sum() < 1e-20
+
+
+def test_negative_conditioning_is_its_own_film_and_starts_as_the_model_without_it() -> None:
+    """`negative: true` adds one zero-initialised FiLM beside each query FiLM (`neg*` keys,
+    nothing else), so a trained model extended with it separates exactly as before; "no
+    negative" is the all-zero vector whichever way it arrives; once trained, the negative
+    changes the output and each item reads its own negative."""
+    plain = model("resunet-mini", query_dim=64).eval()
+    cfg = yaml.safe_load((CONFIGS / "resunet-mini.yaml").read_text())
+    torch.manual_seed(0)
+    neg = build_model(
+        "resunet", {**cfg["model"], "negative": True, "sample_rate": 16000, "query_dim": 64}
+    ).eval()
+    assert neg.accepts_negative and not plain.accepts_negative
+    assert not any(".neg" in k for k in plain.state_dict())  # AudioSep's layout unchanged
+    extra = {k for k in neg.state_dict() if k not in plain.state_dict()}
+    assert extra and all(k.split(".")[-3] in ("neg1", "neg2") for k in extra)
+    assert not neg.load_state_dict(plain.state_dict(), strict=False).unexpected_keys
+    x = torch.randn(3, 16000) * 0.1
+    q, n = (torch.nn.functional.normalize(torch.randn(3, 64), dim=-1) for _ in range(2))
+    with torch.no_grad():
+        ref = plain(x, q)
+        torch.testing.assert_close(neg(x, q, n), ref)
+        for name, p in neg.named_parameters():
+            if ".neg" in name:
+                p.normal_(0, 0.2)
+        none, zeros, with_n = neg(x, q), neg(x, q, torch.zeros_like(n)), neg(x, q, n)
+        alone = neg(x[1:2], q[1:2], n[1:2])
+    torch.testing.assert_close(none, zeros)
+    assert (with_n - none).abs().amax(-1).min() > 1e-4
+    torch.testing.assert_close(alone[0], with_n[1], rtol=1e-4, atol=1e-6)

@@ -717,6 +717,19 @@ def test_the_trainer_trains_flow_models_through_their_own_objective(
     assert np.isfinite(out.target).all()
 
 
+def small_resunet_bundle(folder: Path) -> Path:
+    """A random small ResUNet bundle with the tiny CLAP: what the `model.extend` tests grow."""
+    from querysep.separator import Separator
+
+    base = {
+        "family": "resunet",
+        "sample_rate": RATE,
+        "model": {"n_fft": 512, "hop_length": 128, "widths": [4, 4, 8, 8, 8, 8]},
+        "query_encoder": {"tiny": True},
+    }
+    return Separator.from_config(base, seed=1).save_pretrained(folder)
+
+
 def test_extend_adds_a_presence_gate_to_a_bundle_and_trains_only_the_gate(
     corpus: dict[str, Path], tmp_path: Path
 ) -> None:
@@ -726,13 +739,7 @@ def test_extend_adds_a_presence_gate_to_a_bundle_and_trains_only_the_gate(
     from querysep.separator import Separator
     from querysep.train.trainer import Trainer, load_train_config
 
-    base = {
-        "family": "resunet",
-        "sample_rate": RATE,
-        "model": {"n_fft": 512, "hop_length": 128, "widths": [4, 4, 8, 8, 8, 8]},
-        "query_encoder": {"tiny": True},
-    }
-    start = Separator.from_config(base, seed=1).save_pretrained(tmp_path / "start")
+    start = small_resunet_bundle(tmp_path / "start")
     before = Separator.from_pretrained(start, device="cpu").model.state_dict()
     cfg = train_config(tmp_path, corpus, max_steps=3)
     cfg["model"] = {
@@ -777,3 +784,35 @@ def test_extend_adds_a_presence_gate_to_a_bundle_and_trains_only_the_gate(
     (tmp_path / "c.yaml").write_text(yaml.safe_dump(cfg))
     with pytest.raises(ConfigError, match="bundle: only"):
         load_train_config(tmp_path / "c.yaml")
+
+
+def test_extend_adds_negative_conditioning_that_trains_and_the_separator_feeds(
+    corpus: dict[str, Path], tmp_path: Path
+) -> None:
+    """querysep-mini's stage 2: `model.extend: {negative: true}` gives a folded-negative
+    ResUNet FiLMs of its own for the negative query. Training on mixtures with negatives
+    moves them; the saved bundle records it, and the Separator then sends negatives to the
+    model as they are instead of folding them into the positive."""
+    from querysep.query import Query
+    from querysep.separator import Separator
+    from querysep.train.trainer import Trainer, load_train_config
+
+    start = small_resunet_bundle(tmp_path / "start")
+    cfg = train_config(tmp_path, corpus, max_steps=3)
+    cfg["model"] = {"bundle": str(start), "extend": {"negative": True}}
+    cfg["data"]["mixing"]["negative_share"] = 1.0
+    (tmp_path / "c.yaml").write_text(yaml.safe_dump(cfg))
+    result = Trainer(load_train_config(tmp_path / "c.yaml")).fit()
+    after = Separator.from_pretrained(result["final"], device="cpu")
+    assert after.config["model"]["negative"] is True and after.model.accepts_negative
+    negs = {k: v for k, v in after.model.state_dict().items() if ".neg" in k}
+    assert negs and any(v.abs().max() > 0 for v in negs.values())  # zero at the start
+
+    pos, neg = after.embed_queries([Query.make("a beep", negative="a hiss")])
+    alone, _ = after.embed_queries([Query.make("a beep")])
+    assert neg is not None
+    torch.testing.assert_close(pos, alone)  # not folded
+    mix = np.random.default_rng(0).standard_normal((1, 8000)).astype(np.float32) * 0.1
+    plain = after.separate(mix, "a beep", sample_rate=RATE).target
+    minus = after.separate(mix, "a beep", negative="a hiss", sample_rate=RATE).target
+    assert np.isfinite(minus).all() and np.abs(minus - plain).max() > 1e-6
