@@ -24,9 +24,13 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 from urllib.parse import urlparse
 
 from querysep.errors import ModelLoadError, first_line
+
+if TYPE_CHECKING:
+    import torch
 
 
 @dataclass(frozen=True)
@@ -365,11 +369,20 @@ _register_packaged(
 )
 
 
+def _fp16_if_it_fits(tensor: torch.Tensor) -> torch.Tensor:
+    """fp16 for storage, unless fp16 cannot hold it: a batch norm's running variance can pass
+    65,504 (querysep-mini's did, 70,187 after the eighth session's stage 2) and stays fp32."""
+    if not tensor.is_floating_point():
+        return tensor
+    half = tensor.half()
+    return half if half.isfinite().all() else tensor
+
+
 def pack(bundle: str | Path, out: str | Path, *, sounds: dict | None = None) -> Path:
-    """A trained bundle -> a packaged model folder: separator weights stored as fp16 (loading
-    casts them back to the model's dtype), the query encoder as is, `sounds.json` (what it was
-    trained on) and `SHA256SUMS`. Written beside `out` and moved into place whole."""
-    import torch
+    """A trained bundle -> a packaged model folder: separator weights stored as fp16 where fp16
+    holds them (loading casts them back to the model's dtype), the query encoder as is,
+    `sounds.json` (what it was trained on) and `SHA256SUMS`. Written beside `out` and moved
+    into place whole."""
     from safetensors.torch import load_file, save_file
 
     from querysep.files import atomic_dir
@@ -381,13 +394,12 @@ def pack(bundle: str | Path, out: str | Path, *, sounds: dict | None = None) -> 
     def write(tmp: str) -> None:
         shutil.copytree(bundle, tmp, dirs_exist_ok=True, ignore=shutil.ignore_patterns(".*"))
         weights = Path(tmp) / "model.safetensors"
-        state = {
-            k: v.half() if v.is_floating_point() else v
-            for k, v in load_file(str(bundle / "model.safetensors")).items()
-        }
-        if any(not torch.isfinite(v).all() for v in state.values()):
-            raise ModelLoadError(f"{bundle}: weights overflow fp16")
-        save_file(state, str(weights), metadata={"format": "pt", "stored": "fp16"})
+        state = load_file(str(bundle / "model.safetensors"))
+        bad = [k for k, v in state.items() if v.is_floating_point() and not v.isfinite().all()]
+        if bad:
+            raise ModelLoadError(f"{bundle}: weights are not finite ({', '.join(bad[:3])})")
+        save_file({k: _fp16_if_it_fits(v) for k, v in state.items()}, str(weights),
+                  metadata={"format": "pt", "stored": "fp16"})  # fmt: skip
         if sounds:
             text = json.dumps(sounds, indent=2, ensure_ascii=False) + "\n"
             (Path(tmp) / SOUNDS_NAME).write_text(text, encoding="utf-8")

@@ -215,3 +215,40 @@ def test_models_fetch_names_what_it_cannot_get_offline(tmp_path: Path) -> None:
         capture_output=True, text=True, env=env, timeout=60,
     )  # fmt: skip
     assert out.returncode == 0 and "querysep/weights/querysep-mini" in out.stdout
+
+
+def test_pack_stores_fp16_where_it_fits_and_refuses_non_finite_weights(tmp_path: Path) -> None:
+    """`querysep pack`: separator weights go to fp16 (half the size) except a tensor fp16
+    cannot hold, which stays fp32 (a batch norm's running variance passed 65,504 in a real
+    querysep-mini run); the packed folder verifies and separates as the bundle does, to fp16's
+    precision. A non-finite weight is refused and nothing is written."""
+    import torch
+    from safetensors.torch import load_file, save_file
+
+    cfg = {
+        "family": "resunet",
+        "sample_rate": 16000,
+        "model": {"n_fft": 512, "hop_length": 128, "widths": [4, 4, 8, 8, 8, 8]},
+        "query_encoder": {"tiny": True},
+    }
+    bundle = Separator.from_config(cfg, seed=0).save_pretrained(tmp_path / "bundle")
+    state = load_file(str(bundle / "model.safetensors"))
+    state["decoders.1.bn1.running_var"] = state["decoders.1.bn1.running_var"] + 7e4
+    save_file(state, str(bundle / "model.safetensors"))
+    out = pretrained.pack(bundle, tmp_path / "packed", sounds={"beep": {"group": "procedural"}})
+    packed = load_file(str(out / "model.safetensors"))
+    assert packed["decoders.1.bn1.running_var"].dtype == torch.float32
+    assert packed["encoders.0.conv1.weight"].dtype == torch.float16
+    assert pretrained.verify_packaged(out) == out
+    mix = np.random.default_rng(0).standard_normal((1, 16000)).astype(np.float32) * 0.1
+    a, b = (
+        Separator.from_pretrained(x, device="cpu").separate(mix, "a beep", sample_rate=16000).target
+        for x in (bundle, out)
+    )
+    assert np.abs(a - b).max() <= 1e-2 * np.abs(a).max() and np.abs(a).max() > 0
+
+    state["encoders.0.conv1.weight"][0, 0, 0, 0] = float("nan")
+    save_file(state, str(bundle / "model.safetensors"))
+    with pytest.raises(ModelLoadError, match=r"not finite \(encoders\.0\.conv1\.weight\)"):
+        pretrained.pack(bundle, tmp_path / "bad")
+    assert not (tmp_path / "bad").exists()
