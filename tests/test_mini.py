@@ -217,6 +217,51 @@ def test_models_fetch_names_what_it_cannot_get_offline(tmp_path: Path) -> None:
     assert out.returncode == 0 and "querysep/weights/querysep-mini" in out.stdout
 
 
+def _commands(text: str) -> list[str]:
+    """`querysep ...` command lines in `text`: continuations joined, comment markers, make's
+    `$(VENV)/bin/` and trailing comments dropped, whitespace collapsed."""
+    lines, joined = [], ""
+    for raw in text.splitlines():
+        line = raw.strip().lstrip("#").strip().replace("$(VENV)/bin/", "")
+        if joined:
+            line = f"{joined} {line}"
+        if line.endswith("\\"):
+            joined = line[:-1]
+            continue
+        joined = ""
+        lines.append(" ".join(line.split("  #")[0].split()))
+    return [line for line in lines if line.startswith("querysep ")]
+
+
+def test_the_mini_recipe_is_written_the_same_wherever_it_is_written() -> None:
+    """`make mini` (the Makefile, the source) is copied into the stage-1 config's header and
+    bench/README.md's record of the run, and its step counts into README.md: a change to the
+    recipe must reach every copy, or the shipped figures describe another recipe."""
+    import yaml
+
+    make = (ROOT / "Makefile").read_text(encoding="utf-8")
+    recipe = make.split("\nmini:", 1)[1].split("\n\n", 1)[0]
+    steps = [c for c in _commands(recipe) if c.split()[1] in ("data", "train-clap", "train")]
+    assert [c.split()[1] for c in steps] == ["data", "train-clap", "train", "train"]
+    header = (ROOT / "configs/train/mini.yaml").read_text(encoding="utf-8").split("\nmodel:")[0]
+    bench = (ROOT / "bench/README.md").read_text(encoding="utf-8")
+    record = bench.split("`make mini`, in one go", 1)[1].split("```bash", 1)[1].split("```")[0]
+    for where, text in [("configs/train/mini.yaml", header), ("bench/README.md", record)]:
+        assert [c for c in _commands(text) if c in steps] == steps, where
+
+    clap = steps[1].split()
+    counts = [int(clap[clap.index("--steps") + 1])] + [
+        yaml.safe_load((ROOT / c.split()[2]).read_text(encoding="utf-8"))["train"]["max_steps"]
+        for c in steps[2:]
+    ]
+    readme = (ROOT / "README.md").read_text(encoding="utf-8")
+    section = readme.split("### querysep-mini: the model inside the package", 1)[1]
+    section = " ".join(section.split("\n### ", 1)[0].split())
+    for n in counts:
+        assert f"{n:,} " in section, f"README.md's make mini paragraph lacks {n:,} steps"
+        assert f"{n:,} steps" in record or f"--steps {n}" in record, n
+
+
 def test_pack_stores_fp16_where_it_fits_and_refuses_non_finite_weights(tmp_path: Path) -> None:
     """`querysep pack`: separator weights go to fp16 (half the size) except a tensor fp16
     cannot hold, which stays fp32 (a batch norm's running variance passed 65,504 in a real
