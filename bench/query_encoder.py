@@ -15,8 +15,15 @@ encoder (a CLAP folder, or a bundle with a `query_encoder/`), on CORPUS/test.jso
    present against absent (0.5 = chance), and the shares that a cut at the absent items'
    90th percentile keeps.
 
-Presence mixtures are made as in `bench/mini.py` (its helpers), at CLAP's 48 kHz, seeded per
-item.
+3. With `--separator BUNDLE`: the same check on what the separator returns for A's caption
+   instead of on the mixture (can an output be recognised as the wrong sound and silenced?),
+   on mixtures at the bundle's rate. Besides the AUC: a gate that silences estimates scoring
+   at or below the absent items' 90th percentile turns down 90 % of absent targets; the share
+   of present targets it would silence too, and their mean SDRi (what the gate would throw
+   away).
+
+Presence mixtures are made as in `bench/mini.py` (its helpers), seeded per item: at CLAP's
+48 kHz, or at the separator's rate for check 3 (then its first items are `bench/mini.py`'s).
 """
 
 from __future__ import annotations
@@ -63,12 +70,41 @@ def presence(encoder, clips: dict, items: int, seed: int) -> dict[str, float]:
     return {"auc": roc_auc(p, q), "present_kept": float(np.mean(p > np.quantile(q, 0.9)))}
 
 
+def estimate_gate(encoder, separator, corpus: Path, items: int, seed: int) -> dict[str, float]:
+    from querysep import metrics
+
+    rate = separator.sample_rate
+    clips = load_clips(corpus, rate, seed)
+    frames = round(SECONDS * rate)
+    present, absent, sdri = [], [], []
+    for i in range(items):
+        rng = np.random.default_rng([seed, i])
+        _, clip_a, _, _, target, crop_b, crop_c = draw_item(rng, clips, i, frames)
+        query = encoder.embed_text([clip_a.caption])[0]
+        mixes = [target + crop_b, crop_b + crop_c]
+        outs = [separator.separate(m, clip_a.caption, sample_rate=rate).target[0] for m in mixes]
+        embs = encoder.embed_audio(outs, rate)
+        present.append(float(embs[0] @ query))
+        absent.append(float(embs[1] @ query))
+        sdri.append(float(metrics.sdr_improvement(outs[0], target, mixes[0])))
+    p, q, s = np.asarray(present), np.asarray(absent), np.asarray(sdri)
+    silenced = p <= np.quantile(q, 0.9)  # the cut that turns down 90 % of absent targets
+    return {
+        "auc": roc_auc(p, q),
+        "present_silenced": float(silenced.mean()),
+        "silenced_sdri": float(s[silenced].mean()) if silenced.any() else float("nan"),
+        "mean_sdri": float(s.mean()),
+    }
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("encoders", nargs="+", help="CLAP folders or bundles")
     parser.add_argument("--corpus", type=Path, required=True, help="`querysep data corpus` output")
     parser.add_argument("--items", type=int, default=210, help="presence pairs (5 per class)")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--separator", help="bundle: also check presence on its estimates")
+    parser.add_argument("--gate-items", type=int, default=120, help="pairs for --separator")
     args = parser.parse_args()
 
     from querysep.data.manifest import read_manifest
@@ -89,6 +125,18 @@ def main() -> None:
             f"| {r['present_kept']:.0%} |",
             flush=True,
         )
+        if args.separator:
+            from querysep.separator import Separator
+
+            sep = Separator.from_pretrained(args.separator, device="cpu")
+            g = estimate_gate(encoder, sep, args.corpus, args.gate_items, args.seed)
+            print(
+                f"  on {args.separator}'s estimates ({args.gate_items} pairs): presence ROC AUC "
+                f"{g['auc']:.3f}; a gate turning down 90 % of absent targets silences "
+                f"{g['present_silenced']:.0%} of present ones (their mean SDRi "
+                f"{g['silenced_sdri']:.2f} dB; all present {g['mean_sdri']:.2f} dB)",
+                flush=True,
+            )
 
 
 if __name__ == "__main__":
