@@ -530,7 +530,12 @@ def _reason(exc: BaseException) -> str:
 
 
 def _join(ranks: Ranks) -> None:
-    """Joins the ranks' process group (gloo: it works on CPU and GPU hosts alike)."""
+    """Joins the ranks' process group (gloo: it works on CPU and GPU hosts alike). A group made
+    here stays for later runs in the process (made again, it fails to connect under torchrun)
+    and is taken down at exit: left to interpreter teardown, gloo's threads can abort a process
+    that did all its work ("terminate called without an active exception", exit -6; seen once
+    in a 2-rank test). A caller's own group is left alone."""
+    import atexit
     import datetime
 
     import torch.distributed as dist
@@ -546,6 +551,14 @@ def _join(ranks: Ranks) -> None:
         dist.init_process_group(
             "gloo", rank=ranks.rank, world_size=ranks.world, timeout=datetime.timedelta(days=7)
         )
+        atexit.register(_leave)
+
+
+def _leave() -> None:
+    import torch.distributed as dist
+
+    if dist.is_initialized():
+        dist.destroy_process_group()
 
 
 def _gather(summary: Summary, ranks: Ranks) -> Summary:
