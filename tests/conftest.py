@@ -48,6 +48,20 @@ def tiny_bundle(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return out
 
 
+def small_resunet_bundle(folder: Path) -> Path:
+    """A random small 16 kHz ResUNet bundle with the tiny CLAP: what `model.extend` grows and
+    `querysep pack` packs in the tests."""
+    from querysep.separator import Separator
+
+    base = {
+        "family": "resunet",
+        "sample_rate": 16_000,
+        "model": {"n_fft": 512, "hop_length": 128, "widths": [4, 4, 8, 8, 8, 8]},
+        "query_encoder": {"tiny": True},
+    }
+    return Separator.from_config(base, seed=1).save_pretrained(folder)
+
+
 @pytest.fixture(scope="session")
 def tiny_separator(tiny_bundle: Path):
     from querysep.separator import Separator

@@ -270,13 +270,9 @@ def test_pack_stores_fp16_where_it_fits_and_refuses_non_finite_weights(tmp_path:
     import torch
     from safetensors.torch import load_file, save_file
 
-    cfg = {
-        "family": "resunet",
-        "sample_rate": 16000,
-        "model": {"n_fft": 512, "hop_length": 128, "widths": [4, 4, 8, 8, 8, 8]},
-        "query_encoder": {"tiny": True},
-    }
-    bundle = Separator.from_config(cfg, seed=0).save_pretrained(tmp_path / "bundle")
+    from .conftest import small_resunet_bundle
+
+    bundle = small_resunet_bundle(tmp_path / "bundle")
     state = load_file(str(bundle / "model.safetensors"))
     state["decoders.1.bn1.running_var"] = state["decoders.1.bn1.running_var"] + 7e4
     save_file(state, str(bundle / "model.safetensors"))

@@ -23,7 +23,7 @@ from querysep.errors import ConfigError
 from querysep.train import losses
 from querysep.train.optim import EMA, AutoClip, lr_factor
 
-from .conftest import CONFIGS, ROOT
+from .conftest import CONFIGS, ROOT, small_resunet_bundle
 
 RATE = 16_000
 #: Four classes that differ clearly in frequency, each with its own captions.
@@ -715,19 +715,6 @@ def test_the_trainer_trains_flow_models_through_their_own_objective(
     out = bundle.separate(np.zeros((1, 8000), np.float32) + 0.01, "a beep", sample_rate=RATE,
                           steps=2, seed=0)  # fmt: skip
     assert np.isfinite(out.target).all()
-
-
-def small_resunet_bundle(folder: Path) -> Path:
-    """A random small ResUNet bundle with the tiny CLAP: what the `model.extend` tests grow."""
-    from querysep.separator import Separator
-
-    base = {
-        "family": "resunet",
-        "sample_rate": RATE,
-        "model": {"n_fft": 512, "hop_length": 128, "widths": [4, 4, 8, 8, 8, 8]},
-        "query_encoder": {"tiny": True},
-    }
-    return Separator.from_config(base, seed=1).save_pretrained(folder)
 
 
 def test_extend_adds_a_presence_gate_to_a_bundle_and_trains_only_the_gate(
