@@ -83,9 +83,14 @@ def active_crop(rng: np.random.Generator, audio: np.ndarray, frames: int) -> np.
     return audio[start : start + frames]
 
 
+def gain(x: np.ndarray, reference: np.ndarray) -> float:
+    """The factor that scales `x` to the energy of `reference`."""
+    return np.sqrt(np.sum(reference**2) / (np.sum(x**2) + 1e-12))
+
+
 def matched(x: np.ndarray, reference: np.ndarray) -> np.ndarray:
     """`x` scaled to the energy of `reference`."""
-    return x * np.sqrt(np.sum(reference**2) / (np.sum(x**2) + 1e-12))
+    return x * gain(x, reference)
 
 
 def pick(rng: np.random.Generator, clips: list[Clip], avoid: set[str]) -> Clip:
@@ -108,6 +113,21 @@ def draw_item(
     target = active_crop(rng, clip_a.audio, frames)
     crop_b, crop_c = (matched(active_crop(rng, x.audio, frames), target) for x in (clip_b, clip_c))
     return a, clip_a, clip_b, clip_c, target, crop_b, crop_c
+
+
+def example_clip(rng: np.random.Generator, clips: dict[str, list[Clip]], clip_a: Clip) -> Clip:
+    """Another test clip of A's class, from another source where there is one: the audio
+    example query (A's own clip when its class has no other)."""
+    other = [x for x in clips[clip_a.label] if x is not clip_a]
+    return pick(rng, other, {clip_a.source}) if other else clip_a
+
+
+def three_sources(
+    target: np.ndarray, crop_b: np.ndarray, crop_c: np.ndarray
+) -> tuple[np.ndarray, np.ndarray]:
+    """A plus B and C, their sum scaled to A's energy (0 dB): (the mixture, B as mixed)."""
+    scale = gain(crop_b + crop_c, target)
+    return target + (crop_b + crop_c) * scale, crop_b * scale
 
 
 def stats(values: list[float]) -> dict[str, float]:
@@ -231,15 +251,14 @@ def main() -> None:
         mixture = target + crop_b
         queries: list[Any] = [clip_a.caption]
         if i < checks:
-            other = [x for x in clips[a] if x is not clip_a]
-            shot = pick(rng, other, {clip_a.source}).audio if other else clip_a.audio
+            shot = example_clip(rng, clips, clip_a).audio
             queries += [clip_c.caption, AudioQuery(shot, rate)]
         results = sep.separate(mixture, queries, sample_rate=rate)
         rows.append({"label": a, **score(results[0].target[0], target, mixture)})
         if i < checks:
             wrong.append(score(results[1].target[0], target, mixture))
             example.append(score(results[2].target[0], target, mixture))
-            three = target + matched(crop_b + crop_c, target)
+            three, _ = three_sources(target, crop_b, crop_c)
             both = sep.separate(
                 three,
                 [clip_a.caption, Query.make(clip_a.caption, negative=clip_b.caption)],

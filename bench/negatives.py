@@ -26,7 +26,7 @@ import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).parent))
-from mini import SECONDS, draw_item, load_clips, matched, pick, score
+from mini import SECONDS, draw_item, example_clip, load_clips, negatives_read, score, three_sources
 
 COMPETE_WEIGHT = 0.5
 
@@ -61,29 +61,24 @@ def main() -> None:
     rows: dict[str, list[float]] = {k: [] for k in ("plain", "negative", "competition", "oracle")}
     for i in range(args.items):
         rng = np.random.default_rng([args.seed, i])
-        a, clip_a, clip_b, _, target, crop_b, crop_c = draw_item(rng, clips, i, frames)
-        other = [x for x in clips[a] if x is not clip_a]
-        pick(rng, other, {clip_a.source})  # bench/mini.py draws its audio example here
-        scale = np.sqrt(np.sum(target**2) / (np.sum((crop_b + crop_c) ** 2) + 1e-12))
-        three = target + matched(crop_b + crop_c, target)
+        _, clip_a, clip_b, _, target, crop_b, crop_c = draw_item(rng, clips, i, frames)
+        example_clip(rng, clips, clip_a)  # drawn as bench/mini.py draws it: the same items
+        three, true_b = three_sources(target, crop_b, crop_c)
         queries = [clip_a.caption, Query.make(clip_a.caption, negative=clip_b.caption)]
         plain, negative, other_b = (
             torch.from_numpy(r.target[0])
             for r in sep.separate(three, [*queries, clip_b.caption], sample_rate=rate)
         )
-        true_b = torch.from_numpy((crop_b * scale).astype(np.float32))
         rows["plain"].append(score(plain.numpy(), target, three)["sdri"])
         rows["negative"].append(score(negative.numpy(), target, three)["sdri"])
         rows["competition"].append(
             score(compete(plain, other_b, stft, frames), target, three)["sdri"]
         )
-        rows["oracle"].append(score(compete(plain, true_b, stft, frames), target, three)["sdri"])
+        oracle = compete(plain, torch.from_numpy(true_b.astype(np.float32)), stft, frames)
+        rows["oracle"].append(score(oracle, target, three)["sdri"])
 
-    reads = "its own input"
-    if not sep.model.accepts_negative:
-        reads = f"folding, normalize(pos - {embeddings.NEGATIVE_FOLD:g} * neg)"
     base = float(np.mean(rows["plain"]))
-    print(f"{args.bundle}: {args.items} three-source mixtures; negatives read by {reads}")
+    print(f"{args.bundle}: {args.items} three-source mixtures; negatives {negatives_read(sep)}")
     print("| query | mean SDRi dB | over plain |\n|---|---|---|")
     for name, values in rows.items():
         print(f"| {name} | {np.mean(values):.2f} | {np.mean(values) - base:+.2f} |")
