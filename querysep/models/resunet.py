@@ -47,7 +47,7 @@ def _act(x: Tensor) -> Tensor:
     return F.leaky_relu(x, negative_slope=0.01)
 
 
-Cond = tuple[Tensor, Tensor | None]  # (query [b, d], negative [b, d] or None)
+Cond = tuple[Tensor, Tensor | None]  # (query [b, d], negative [b, d]: set where FiLMs read it)
 
 
 def _film(cond_dim: int, channels: int, scale: bool = False) -> FiLM:
@@ -60,7 +60,7 @@ def _condition(x: Tensor, film: FiLM, neg: FiLM | None, cond: Cond) -> Tensor:
     FiLM starts as the identity, so adding it to a trained model changes nothing until trained."""
     query, negative = cond
     x = film(x, query)
-    return neg(x, negative) if neg is not None and negative is not None else x
+    return neg(x, negative) if neg is not None else x
 
 
 class ConvBlock(nn.Module):
@@ -177,7 +177,7 @@ class ResUNetSeparator(SeparatorModel):
             # zeros, as the Separator sends for "no negative" beside queries that have one: the
             # two must give the same output (the negative FiLMs' biases apply to both)
             negative = torch.zeros_like(query)
-        cond = (query, negative if self.accepts_negative else None)
+        cond = (query, negative)
         spec = self.stft(mixture)  # b f n
         mag = torch.clamp(spec.real**2 + spec.imag**2, min=_MAG_FLOOR).sqrt()
         cos, sin = spec.real / mag, spec.imag / mag
