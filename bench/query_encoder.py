@@ -70,11 +70,11 @@ def presence(encoder, clips: dict, items: int, seed: int) -> dict[str, float]:
     return {"auc": roc_auc(p, q), "present_kept": float(np.mean(p > np.quantile(q, 0.9)))}
 
 
-def estimate_gate(encoder, separator, corpus: Path, items: int, seed: int) -> dict[str, float]:
+def estimate_gate(encoder, separator, clips: dict, items: int, seed: int) -> dict[str, float]:
+    """`clips` at the separator's rate."""
     from querysep import metrics
 
     rate = separator.sample_rate
-    clips = load_clips(corpus, rate, seed)
     frames = round(SECONDS * rate)
     present, absent, sdri = [], [], []
     for i in range(items):
@@ -113,6 +113,12 @@ def main() -> None:
 
     clips = load_clips(args.corpus, CLAP_SAMPLE_RATE, args.seed)
     bank = ClipBank(read_manifest(args.corpus / "test.jsonl"))  # decoded once for all encoders
+    sep = gate_clips = None
+    if args.separator:  # loaded once for every encoder
+        from querysep.separator import Separator
+
+        sep = Separator.from_pretrained(args.separator, device="cpu")
+        gate_clips = load_clips(args.corpus, sep.sample_rate, args.seed)
     print(f"{len(clips)} classes; chance top-1 {1 / len(clips):.1%}")
     print("| encoder | top-1 | top-3 | presence ROC AUC | present kept at absent's 90th pct |")
     print("|---|---|---|---|---|")
@@ -125,11 +131,8 @@ def main() -> None:
             f"| {r['present_kept']:.0%} |",
             flush=True,
         )
-        if args.separator:
-            from querysep.separator import Separator
-
-            sep = Separator.from_pretrained(args.separator, device="cpu")
-            g = estimate_gate(encoder, sep, args.corpus, args.gate_items, args.seed)
+        if sep is not None:
+            g = estimate_gate(encoder, sep, gate_clips, args.gate_items, args.seed)
             print(
                 f"  on {args.separator}'s estimates ({args.gate_items} pairs): presence ROC AUC "
                 f"{g['auc']:.3f}; a gate turning down 90 % of absent targets silences "
