@@ -44,9 +44,9 @@ def cli(*args: str) -> subprocess.CompletedProcess:
     )
 
 
-@pytest.mark.parametrize("batched", [False, True])
+@pytest.mark.parametrize(("batched", "bf16"), [(False, False), (True, False), (True, True)])
 def test_fitting_makes_the_tiny_clap_tell_classes_apart(
-    corpus: dict[str, Path], batched: bool
+    corpus: dict[str, Path], batched: bool, bf16: bool
 ) -> None:
     encoder = ClapQueryEncoder.tiny(0)
     valid = read_manifest(corpus["valid"])
@@ -54,7 +54,13 @@ def test_fitting_makes_the_tiny_clap_tell_classes_apart(
     # the random tiny CLAP: captions of one class no closer than captions of different ones
     assert abs(before["caption_margin"]) < 0.15
     cfg = ClapFitConfig(
-        steps=100, batch_size=4, lr=3e-3, seconds=1.0, warmup_steps=5, batched_features=batched
+        steps=100,
+        batch_size=4,
+        lr=3e-3,
+        seconds=1.0,
+        warmup_steps=5,
+        batched_features=batched,
+        bf16=bf16,
     )
     losses = fit_clap(encoder, read_manifest(corpus["train"]), cfg)
     after = zero_shot_accuracy(encoder, valid, seconds=1.0)
@@ -92,8 +98,32 @@ def test_fitting_is_deterministic(corpus: dict[str, Path]) -> None:
     cfg = ClapFitConfig(steps=3, batch_size=4, seconds=1.0)
     train = read_manifest(corpus["train"])
     a, b = ClapQueryEncoder.tiny(0), ClapQueryEncoder.tiny(0)
-    assert fit_clap(a, train, cfg) == fit_clap(b, train, cfg)
+    losses = fit_clap(a, train, cfg)
+    assert losses == fit_clap(b, train, cfg)
     assert torch.equal(a.embed_text(["a beep"]), b.embed_text(["a beep"]))
+    # bf16 autocast is on when asked (other numbers), and repeatable too
+    half = ClapFitConfig(steps=3, batch_size=4, seconds=1.0, bf16=True)
+    c, d = ClapQueryEncoder.tiny(0), ClapQueryEncoder.tiny(0)
+    bf16_losses = fit_clap(c, train, half)
+    assert bf16_losses == fit_clap(d, train, half) != losses
+    assert c.model.audio_projection.linear1.weight.dtype == torch.float32  # weights stay fp32
+
+
+def test_batched_crops_embed_like_single_examples() -> None:
+    """The separator's trainer embeds audio-example queries in one batched pass: the same
+    embeddings `embed_audio` gives one at a time, for crops at the separator's rate."""
+    encoder = ClapQueryEncoder.tiny(0)
+    rng = np.random.default_rng(1)
+    crops = (0.1 * rng.standard_normal((3, 16_000))).astype(np.float32)
+    crops[2] *= 1e-3
+    batched = encoder.embed_crops(torch.from_numpy(crops), 16_000)
+    single = encoder.embed_audio(list(crops), 16_000)
+    assert batched.shape == single.shape == (3, encoder.dim)
+    assert (batched - single).abs().max() < 1e-4
+    assert torch.allclose(batched.norm(dim=-1), torch.ones(3))
+    crops[1] = 0.0
+    with pytest.raises(QueryError, match="silent"):
+        encoder.embed_crops(torch.from_numpy(crops), 16_000)
 
 
 def test_train_clap_cli_writes_an_encoder_that_configs_take(

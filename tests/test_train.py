@@ -630,6 +630,34 @@ def test_accumulation_freezing_and_tensorboard(corpus: dict[str, Path], tmp_path
     assert list((tmp_path / "run").rglob("events.out.tfevents.*"))
 
 
+def test_audio_example_queries_are_embedded_in_one_batched_pass(
+    corpus: dict[str, Path], tmp_path: Path
+) -> None:
+    """One CLAP pass per batch for its audio-example queries (one at a time they took a sixth
+    of a querysep-mini step), giving what the Separator's own embedding gives."""
+    from querysep.train.trainer import Trainer, load_train_config
+
+    cfg = train_config(tmp_path, corpus)
+    cfg["data"]["mixing"]["audio_query_share"] = 1.0
+    (tmp_path / "c.yaml").write_text(yaml.safe_dump(cfg))
+    trainer = Trainer(load_train_config(tmp_path / "c.yaml"))
+    encoder, calls = trainer.encoder, []
+    original = encoder.embed_crops
+
+    def counting(crops, rate):
+        calls.append(len(crops))
+        return original(crops, rate)
+
+    encoder.embed_crops = counting
+    batch = next(iter(trainer.loader))
+    pos, neg = trainer.embed(batch)
+    assert calls == [4] and neg is None
+    clips = [a.numpy() for a in batch["query_audio"]]
+    one_by_one = encoder.embed_audio(clips, trainer.separator.sample_rate)
+    assert (pos - one_by_one).abs().max() < 1e-4
+    assert not torch.allclose(pos[0], pos[1])
+
+
 def test_bf16_mixed_precision_runs_under_autocast_and_keeps_fp32_weights(
     corpus: dict[str, Path], tmp_path: Path
 ) -> None:

@@ -264,6 +264,23 @@ class ClapQueryEncoder:
             raise QueryError("no audio examples given")
         return torch.stack(embs)
 
+    @torch.inference_mode()
+    def embed_crops(self, crops: Tensor, sample_rate: int) -> Tensor:
+        """[B, T] mono crops of one length, at most CLAP's window -> [B, D], unit norm, in one
+        batched pass (`batch_audio_inputs`).
+
+        The separator's trainer embeds its audio-example queries this way: one at a time
+        through the feature extractor they took about 80 ms each, a sixth of a training step.
+        Equal to `embed_audio` to the features' 1e-3 dB; unfused checkpoints only.
+        """
+        if crops.ndim != 2:
+            raise QueryError("crops must be [batch, samples]")
+        waves = qaudio.resample(crops.float().numpy(), sample_rate, CLAP_SAMPLE_RATE)
+        if not np.all(np.any(waves, axis=-1)):
+            raise QueryError("the audio query is silent: it cannot describe a sound")
+        inputs = self.batch_audio_inputs(torch.from_numpy(waves).to(self.device))
+        return _unit(_pooled(self.model.get_audio_features(**inputs)).float().cpu())
+
     def _embed_one(self, waveform: Any, sample_rate: int) -> Tensor:
         wave = qaudio.to_array(waveform, sample_rate)
         mono = wave.mean(axis=0, keepdims=True)

@@ -45,6 +45,9 @@ class ClapFitConfig:
     #: about 1e-3 dB and faster, yet a fit diverges from one made without them, so it is an
     #: explicit choice (`make mini` makes it) that keeps earlier fits repeatable.
     batched_features: bool = False
+    #: Forward and backward under bfloat16 autocast (weights and optimiser stay fp32): about
+    #: 2x faster where the CPU has bf16 matrix units (AMX), slower where it emulates them.
+    bf16: bool = False
 
 
 def class_of(entry: Entry) -> str:
@@ -114,7 +117,8 @@ def fit_clap(
                 idx = [int(rng.choice(bank.by_class[classes[c]])) for c in chosen]
                 crops = [crop(bank.clips[i], frames, rng)[0] for i in idx]
                 captions = [str(rng.choice(bank.entries[i].captions)) for i in idx]
-                loss = contrastive_loss(encoder, crops, captions, batched=cfg.batched_features)
+                with torch.autocast(device.type, dtype=torch.bfloat16, enabled=cfg.bf16):
+                    loss = contrastive_loss(encoder, crops, captions, batched=cfg.batched_features)
                 optimizer.zero_grad(set_to_none=True)
                 loss.backward()
                 torch.nn.utils.clip_grad_norm_(params, 1.0)

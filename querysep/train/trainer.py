@@ -247,8 +247,7 @@ class Trainer:
         pos = self._text(batch["caption"])
         examples = [i for i, a in enumerate(batch["query_audio"]) if a.numel()]
         if examples:
-            waves = [batch["query_audio"][i].numpy() for i in examples]
-            pos[examples] = self.encoder.embed_audio(waves, self.separator.sample_rate)
+            pos[examples] = self._embed_examples([batch["query_audio"][i] for i in examples])
         neg = None
         if any(batch["negative"]):
             zero = torch.zeros_like(pos[0])
@@ -257,6 +256,18 @@ class Trainer:
                 pos, neg = fold_negative(pos, neg), None
         device = self.accelerator.device
         return pos.to(device), (neg.to(device) if neg is not None else None)
+
+    def _embed_examples(self, clips: list[torch.Tensor]) -> torch.Tensor:
+        """Audio-example queries: in one batched pass when the encoder and the clips allow it."""
+        from querysep.query.clap import CLAP_WINDOW_SECONDS
+
+        rate = self.separator.sample_rate
+        batched = getattr(self.encoder, "embed_crops", None)
+        shapes = {tuple(c.shape) for c in clips}
+        fits = len(shapes) == 1 and len(clips[0]) <= CLAP_WINDOW_SECONDS * rate
+        if batched and not self.encoder.fused and clips[0].ndim == 1 and fits:
+            return batched(torch.stack(clips), rate)
+        return self.encoder.embed_audio([c.numpy() for c in clips], rate)
 
     def _text(self, captions: list[str]) -> torch.Tensor:
         """Caption embeddings, each computed alone and kept: a caption's embedding must not
