@@ -35,12 +35,12 @@ example: $(VENV)/.installed
 	$(PY) demo/example.py $(if $(MODEL),--model "$(MODEL)",) $(if $(QUERY),--query "$(QUERY)",)
 
 ## mini: rebuild the corpus and retrain querysep-mini from scratch on this CPU, pack it into
-## the package and measure it (about 2 h on 2 cores; figures in bench/README.md)
+## the package and measure it (1 h 21 min on 2 cores with bf16 units, over 2 h without; bench/README.md)
 mini: system-deps $(VENV)/.installed
 	rm -rf runs/mini runs/mini-long runs/mini-clap
 	$(VENV)/bin/querysep data corpus data/corpus
 	$(VENV)/bin/querysep train-clap data/corpus/train.jsonl runs/mini-clap \
-		--valid data/corpus/valid.jsonl --steps 1200 --batch-size 32 --batched-features
+		--valid data/corpus/valid.jsonl --steps 1800 --batch-size 32 --batched-features --bf16
 	$(VENV)/bin/querysep train configs/train/mini.yaml
 	$(VENV)/bin/querysep train configs/train/mini-long.yaml
 	$(VENV)/bin/querysep pack runs/mini-long/final querysep/weights/querysep-mini \
