@@ -633,7 +633,7 @@ def test_accumulation_freezing_and_tensorboard(corpus: dict[str, Path], tmp_path
 def test_audio_example_queries_are_embedded_in_one_batched_pass(
     corpus: dict[str, Path], tmp_path: Path
 ) -> None:
-    """One CLAP pass per batch for its audio-example queries (one at a time they took a sixth
+    """One CLAP pass per batch for its audio-example queries (one at a time they took a ninth
     of a querysep-mini step), giving what the Separator's own embedding gives."""
     from querysep.train.trainer import Trainer, load_train_config
 
