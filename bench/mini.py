@@ -364,8 +364,8 @@ def print_report(r: dict[str, Any], labels: list[str]) -> None:
     print(line("3 sources: + an interferer's caption as negative", neg["with_negative"]))
     gap = check["right"]["sdri"]["mean"] - check["other"]["sdri"]["mean"]
     print(f"\nright caption vs another class's caption: {gap:.2f} dB apart (SDRi)")
-    gain = neg["with_negative"]["sdri"]["mean"] - neg["plain"]["sdri"]["mean"]
-    print(f"negative query: {gain:+.2f} dB SDRi (3 sources; negatives {r['negatives']})")
+    helped = neg["with_negative"]["sdri"]["mean"] - neg["plain"]["sdri"]["mean"]
+    print(f"negative query: {helped:+.2f} dB SDRi (3 sources; negatives {r['negatives']})")
     share = 100 * gone["share_at_or_below_db"]
     print(f"absent target ({gone['items']} mixtures of two other classes, the target's caption): "
           f"output <= {gone['threshold_db']:g} dB of the mixture's energy in {share:.0f} % of "

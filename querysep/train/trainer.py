@@ -262,11 +262,9 @@ class Trainer:
         from querysep.query.clap import CLAP_WINDOW_SECONDS
 
         rate = self.separator.sample_rate
-        batched = getattr(self.encoder, "embed_crops", None)
-        shapes = {tuple(c.shape) for c in clips}
-        fits = len(shapes) == 1 and len(clips[0]) <= CLAP_WINDOW_SECONDS * rate
-        if batched and not self.encoder.fused and clips[0].ndim == 1 and fits:
-            return batched(torch.stack(clips), rate)
+        one_length = clips[0].ndim == 1 and len({c.shape for c in clips}) == 1
+        if one_length and not self.encoder.fused and len(clips[0]) <= CLAP_WINDOW_SECONDS * rate:
+            return self.encoder.embed_crops(torch.stack(clips), rate)
         return self.encoder.embed_audio([c.numpy() for c in clips], rate)
 
     def _text(self, captions: list[str]) -> torch.Tensor:
