@@ -795,19 +795,33 @@ def test_extend_adds_a_presence_gate_to_a_bundle_and_trains_only_the_gate(
         (tmp_path / "c.yaml").write_text(yaml.safe_dump(cfg))
         with pytest.raises(ConfigError, match=message):
             Trainer(load_train_config(tmp_path / "c.yaml"))
-    cfg["model"] = {"config": tiny_model_config(), "extend": {"presence_gate": True}}
+    # on a model config (from scratch), extend adds to the file's hyper-parameters, checked
+    # like them: querysep-mini's stage 1 has negative FiLMs from its first step this way
+    resunet = {
+        "family": "resunet",
+        "sample_rate": 16_000,
+        "model": {"n_fft": 512, "hop_length": 128, "widths": [4, 4, 8, 8, 8, 8]},
+        "query_encoder": {"tiny": True},
+    }
+    cfg["model"] = {"config": resunet, "extend": {"negative": True}}
+    cfg["output_dir"] = str(tmp_path / "scratch")
     (tmp_path / "c.yaml").write_text(yaml.safe_dump(cfg))
-    with pytest.raises(ConfigError, match="bundle: only"):
-        load_train_config(tmp_path / "c.yaml")
+    scratch = Trainer(load_train_config(tmp_path / "c.yaml")).separator
+    assert scratch.config["model"]["negative"] is True and scratch.model.accepts_negative
+    cfg["model"]["extend"] = {"negatives": True}
+    (tmp_path / "c.yaml").write_text(yaml.safe_dump(cfg))
+    with pytest.raises(ConfigError, match="unknown config keys"):
+        Trainer(load_train_config(tmp_path / "c.yaml"))
 
 
 def test_extend_adds_negative_conditioning_that_trains_and_the_separator_feeds(
     corpus: dict[str, Path], tmp_path: Path
 ) -> None:
-    """querysep-mini's stage 2: `model.extend: {negative: true}` gives a folded-negative
-    ResUNet FiLMs of its own for the negative query. Training on mixtures with negatives
-    moves them; the saved bundle records it, and the Separator then sends negatives to the
-    model as they are instead of folding them into the positive."""
+    """`model.extend: {negative: true}` on a bundle gives a folded-negative ResUNet FiLMs of
+    its own for the negative query (querysep-mini's stage 2 did this until its stage 1 had
+    them from the start). Training on mixtures with negatives moves them; the saved bundle
+    records it, and the Separator then sends negatives to the model as they are instead of
+    folding them into the positive."""
     from querysep.query import Query
     from querysep.separator import Separator
     from querysep.train.trainer import Trainer, load_train_config

@@ -61,8 +61,9 @@ class ModelSection:
     bundle: str | None = None
     query_encoder: str | None = None
     freeze: list[str] = field(default_factory=list)
-    #: Hyper-parameters added to the bundle's model config (e.g. `presence_gate: true`): the
-    #: parts they add start from their initialisation, every weight the bundle has carries over.
+    #: Hyper-parameters added to the model config (e.g. `negative: true`), so one model file
+    #: serves several recipes. On a bundle the parts they add start from their initialisation
+    #: and every weight the bundle has carries over.
     extend: dict[str, Any] = field(default_factory=dict)
     seed: int = 0
 
@@ -359,8 +360,6 @@ def _check(cfg: dict) -> None:
         raise ConfigError(
             f"model.extend must be a mapping of model hyper-parameters, got {extend!r}"
         )
-    if extend and not cfg["model"]["bundle"]:
-        raise ConfigError("model.extend applies to bundle: only; put the keys in the model config")
     if bool(cfg["data"]["train"]) == bool(cfg["data"]["shards"]):
         raise ConfigError("data needs exactly one of train: MANIFEST or shards: URLS")
     if cfg["train"]["clip"]["mode"] not in CLIP_MODES:

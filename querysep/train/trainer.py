@@ -36,12 +36,16 @@ def load_train_config(path: str | Path | None, overrides: list[str] | None = Non
 
 
 def _model_config(m: ModelSection) -> dict[str, Any]:
-    """The model config, its query encoder replaced by model.query_encoder (a CLAP folder, e.g.
-    from `querysep train-clap`, or a hub id) when the training config names one."""
+    """The model config with model.extend's hyper-parameters, its query encoder replaced by
+    model.query_encoder (a CLAP folder, e.g. from `querysep train-clap`, or a hub id) when the
+    training config names one."""
     from querysep.config import load_config, normalize_config
 
     raw = m.config
     cfg = load_config(raw) if isinstance(raw, (str, Path)) else normalize_config(raw)
+    if m.extend:
+        # checked like the file's own keys: a misspelt hyper-parameter is an error
+        cfg = normalize_config({**cfg, "model": {**cfg["model"], **m.extend}})
     encoder = m.query_encoder
     if encoder:
         key = "path" if Path(encoder).exists() else "hub_id"
