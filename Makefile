@@ -35,8 +35,8 @@ example: $(VENV)/.installed
 	$(PY) demo/example.py $(if $(MODEL),--model "$(MODEL)",) $(if $(QUERY),--query "$(QUERY)",)
 
 ## mini: rebuild the corpus and retrain querysep-mini from scratch on this CPU, pack it into
-## the package and measure it (1 h 21 min on 2 cores with bf16 units such as AMX, over 2 h
-## without them; figures in bench/README.md)
+## the package and measure it (1 h 44 min on 2 cores with bf16 units such as AMX, about 2 h 40
+## min without them; figures in bench/README.md)
 mini: system-deps $(VENV)/.installed
 	rm -rf runs/mini runs/mini-long runs/mini-clap
 	$(VENV)/bin/querysep data corpus data/corpus

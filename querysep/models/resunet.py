@@ -5,8 +5,8 @@
 
 With `negative: true` every norm also gets a FiLM from a negative query ("not that"), a
 conditioning of its own. Folded into the positive embedding instead, a negative read as a
-blurred positive and cost querysep-mini 0.5 dB; with its own FiLMs it gained 0.3 dB in the
-eighth session's model and nothing (-0.02 dB) in the ninth's (bench/README.md).
+blurred positive and cost querysep-mini 0.5 dB; with its own FiLMs, trained from the first
+step, it gains 0.2 dB (bench/README.md; knowing the interferer exactly would give 1 dB).
 
 Tensors inside the UNet are [b, c, time, freq]. Numerics follow AudioSep exactly where they
 matter for loading its checkpoint: the magnitude floor, the dropped top bin, time padded to a
