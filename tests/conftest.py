@@ -48,18 +48,22 @@ def tiny_bundle(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return out
 
 
-def small_resunet_bundle(folder: Path) -> Path:
-    """A random small 16 kHz ResUNet bundle with the tiny CLAP: what `model.extend` grows and
-    `querysep pack` packs in the tests."""
-    from querysep.separator import Separator
-
-    base = {
+def small_resunet_config() -> dict:
+    """A small 16 kHz ResUNet with the tiny CLAP, as a model config."""
+    return {
         "family": "resunet",
         "sample_rate": 16_000,
         "model": {"n_fft": 512, "hop_length": 128, "widths": [4, 4, 8, 8, 8, 8]},
         "query_encoder": {"tiny": True},
     }
-    return Separator.from_config(base, seed=1).save_pretrained(folder)
+
+
+def small_resunet_bundle(folder: Path) -> Path:
+    """A random `small_resunet_config` bundle: what `model.extend` grows and `querysep pack`
+    packs in the tests."""
+    from querysep.separator import Separator
+
+    return Separator.from_config(small_resunet_config(), seed=1).save_pretrained(folder)
 
 
 @pytest.fixture(scope="session")

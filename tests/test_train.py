@@ -23,7 +23,7 @@ from querysep.errors import ConfigError
 from querysep.train import losses
 from querysep.train.optim import EMA, AutoClip, lr_factor
 
-from .conftest import CONFIGS, ROOT, small_resunet_bundle
+from .conftest import CONFIGS, ROOT, small_resunet_bundle, small_resunet_config
 
 RATE = 16_000
 #: Four classes that differ clearly in frequency, each with its own captions.
@@ -797,13 +797,7 @@ def test_extend_adds_a_presence_gate_to_a_bundle_and_trains_only_the_gate(
             Trainer(load_train_config(tmp_path / "c.yaml"))
     # on a model config (from scratch), extend adds to the file's hyper-parameters, checked
     # like them: querysep-mini's stage 1 has negative FiLMs from its first step this way
-    resunet = {
-        "family": "resunet",
-        "sample_rate": 16_000,
-        "model": {"n_fft": 512, "hop_length": 128, "widths": [4, 4, 8, 8, 8, 8]},
-        "query_encoder": {"tiny": True},
-    }
-    cfg["model"] = {"config": resunet, "extend": {"negative": True}}
+    cfg["model"] = {"config": small_resunet_config(), "extend": {"negative": True}}
     cfg["output_dir"] = str(tmp_path / "scratch")
     (tmp_path / "c.yaml").write_text(yaml.safe_dump(cfg))
     scratch = Trainer(load_train_config(tmp_path / "c.yaml")).separator

@@ -44,7 +44,7 @@ def _model_config(m: ModelSection) -> dict[str, Any]:
     raw = m.config
     cfg = load_config(raw) if isinstance(raw, (str, Path)) else normalize_config(raw)
     if m.extend:
-        # checked like the file's own keys: a misspelt hyper-parameter is an error
+        # the model's builder checks these keys as it checks the file's: a misspelt one fails
         cfg = normalize_config({**cfg, "model": {**cfg["model"], **m.extend}})
     encoder = m.query_encoder
     if encoder:
