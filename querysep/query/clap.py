@@ -276,18 +276,14 @@ class ClapQueryEncoder:
         """
         if crops.ndim != 2:
             raise QueryError("crops must be [batch, samples]")
-        waves = qaudio.resample(crops.float().numpy(), sample_rate, CLAP_SAMPLE_RATE)
-        if not np.all(np.any(waves, axis=-1)):
-            raise QueryError("the audio query is silent: it cannot describe a sound")
+        waves = _audible(qaudio.resample(crops.float().numpy(), sample_rate, CLAP_SAMPLE_RATE))
         inputs = self.batch_audio_inputs(torch.from_numpy(waves).to(self.device))
         return _unit(_pooled(self.model.get_audio_features(**inputs)).float().cpu())
 
     def _embed_one(self, waveform: Any, sample_rate: int) -> Tensor:
         wave = qaudio.to_array(waveform, sample_rate)
         mono = wave.mean(axis=0, keepdims=True)
-        mono = qaudio.resample(mono, sample_rate, CLAP_SAMPLE_RATE)[0]
-        if not np.any(mono):
-            raise QueryError("the audio query is silent: it cannot describe a sound")
+        mono = _audible(qaudio.resample(mono, sample_rate, CLAP_SAMPLE_RATE))[0]
         window = int(CLAP_WINDOW_SECONDS * CLAP_SAMPLE_RATE)
         if self.fused or len(mono) <= window:
             pieces = [mono]
@@ -321,6 +317,13 @@ class ClapQueryEncoder:
         if query.negatives:
             neg = _unit(torch.stack([self.embed_part(p) for p in query.negatives]).mean(dim=0))
         return _unit(pos), neg  # type: ignore[arg-type]
+
+
+def _audible(waves: np.ndarray) -> np.ndarray:
+    """[B, T] audio examples, refused if any is all zeros (nothing for CLAP to describe)."""
+    if not np.all(np.any(waves, axis=-1)):
+        raise QueryError("the audio query is silent: it cannot describe a sound")
+    return waves
 
 
 def _pooled(out: Any) -> Tensor:
