@@ -245,6 +245,7 @@ def main() -> None:
 
     rows: list[dict[str, Any]] = []
     wrong, example, plain, negative, absent = [], [], [], [], []
+    kin_b, kin_bc = [], []  # whether B, or B or C, is of A's group (first `checks` items)
     for i in range(args.items):
         rng = np.random.default_rng([args.seed, i])
         a, clip_a, clip_b, clip_c, target, crop_b, crop_c = draw_item(rng, clips, i, frames)
@@ -254,7 +255,8 @@ def main() -> None:
             shot = example_clip(rng, clips, clip_a).audio
             queries += [clip_c.caption, AudioQuery(shot, rate)]
         results = sep.separate(mixture, queries, sample_rate=rate)
-        rows.append({"label": a, **score(results[0].target[0], target, mixture)})
+        kin = [group_of(a) == group_of(x.label) for x in (clip_b, clip_c)]
+        rows.append({"label": a, "kin": kin[0], **score(results[0].target[0], target, mixture)})
         if i < checks:
             wrong.append(score(results[1].target[0], target, mixture))
             example.append(score(results[2].target[0], target, mixture))
@@ -269,6 +271,8 @@ def main() -> None:
             others = crop_b + crop_c
             out = sep.separate(others, clip_a.caption, sample_rate=rate).target[0]
             absent.append(float(metrics.energy_ratio_db(out, others)))
+            kin_b.append(kin[0])
+            kin_bc.append(kin[0] or kin[1])
         if (i + 1) % 20 == 0 or i + 1 == args.items:
             print(f"{i + 1}/{args.items} mixtures", file=sys.stderr, flush=True)
 
@@ -303,10 +307,16 @@ def main() -> None:
         "audio_query": block(example),
         "negative": {"plain": block(plain), "with_negative": block(negative)},
         "absent": {
-            "items": len(absent),
-            "median_db": float(np.median(absent)),
-            "share_at_or_below_db": float(np.mean(np.asarray(absent) <= ABSENT_DB)),
+            **absent_block(absent),
             "threshold_db": ABSENT_DB,
+            "same_group": absent_block([x for x, k in zip(absent, kin_bc, strict=True) if k]),
+            "other_group": absent_block([x for x, k in zip(absent, kin_bc, strict=True) if not k]),
+        },
+        "same_group": {
+            "main": block([r for r in rows if r["kin"]]),
+            "main_other": block([r for r in rows if not r["kin"]]),
+            "negative_gain": gains(plain, negative, kin_b, True),
+            "negative_gain_other": gains(plain, negative, kin_b, False),
         },
         "speed": {
             "input_seconds": SPEED_SECONDS,
@@ -319,6 +329,25 @@ def main() -> None:
     if args.json:
         args.json.write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
         print(f"\nwrote {args.json}")
+
+
+def absent_block(levels: list[float]) -> dict[str, float]:
+    v = np.asarray(levels, dtype=np.float64)
+    if not len(v):
+        return {"items": 0, "median_db": float("nan"), "share_at_or_below_db": float("nan")}
+    return {
+        "items": len(v),
+        "median_db": float(np.median(v)),
+        "share_at_or_below_db": float(np.mean(v <= ABSENT_DB)),
+    }
+
+
+def gains(
+    plain: list[dict[str, float]], negative: list[dict[str, float]], kin: list[bool], want: bool
+) -> dict[str, float]:
+    """Mean SDRi gain of the negative query over the items whose B is (not) of A's group."""
+    d = [n["sdri"] - p["sdri"] for p, n, k in zip(plain, negative, kin, strict=True) if k == want]
+    return {"items": len(d), "mean": float(np.mean(d)) if d else float("nan")}
 
 
 def negatives_read(sep: Any) -> str:
@@ -370,6 +399,17 @@ def print_report(r: dict[str, Any], labels: list[str]) -> None:
     print(f"absent target ({gone['items']} mixtures of two other classes, the target's caption): "
           f"output <= {gone['threshold_db']:g} dB of the mixture's energy in {share:.0f} % of "
           f"them, median {gone['median_db']:.1f} dB")  # fmt: skip
+    kin = r["same_group"]
+    print("\nby the interferers' group (same as the target's / another):")
+    print(f"- main SDRi: {kin['main']['sdri']['mean']:.2f} ({kin['main']['items']} items) / "
+          f"{kin['main_other']['sdri']['mean']:.2f} ({kin['main_other']['items']})")  # fmt: skip
+    same, other = kin["negative_gain"], kin["negative_gain_other"]
+    print(f"- negative query: {same['mean']:+.2f} dB ({same['items']} items) / "
+          f"{other['mean']:+.2f} dB ({other['items']})")  # fmt: skip
+    same, other = gone["same_group"], gone["other_group"]
+    print(f"- absent target <= {gone['threshold_db']:g} dB: "
+          f"{100 * same['share_at_or_below_db']:.0f} % ({same['items']} items) / "
+          f"{100 * other['share_at_or_below_db']:.0f} % ({other['items']})")  # fmt: skip
     speed = r["speed"]
     print(f"speed: {speed['input_seconds']:g} s in {speed['seconds']:.2f} s, RTF "
           f"{speed['rtf']:.3f} ({r['threads']} threads)")  # fmt: skip

@@ -201,12 +201,16 @@ def build_parser() -> argparse.ArgumentParser:
         help="fit a CLAP query encoder to a manifest's clips and captions (contrastive)",
         description="Writes a ClapModel + ClapProcessor folder that model configs "
         "(query_encoder: {path: OUT}) and training configs (model.query_encoder: OUT) take. "
-        "Offline it starts from the tiny random CLAP; give --init to adapt a real one.",
+        "Offline it starts from a random tiny CLAP; give --init to adapt a real one.",
     )
     clap.add_argument("manifest", type=Path, help="training manifest (clips with captions)")
     clap.add_argument("out", type=Path, help="output folder")
     clap.add_argument(
-        "--init", default="tiny", help="tiny (default), a CLAP folder or a Hub id to start from"
+        "--init",
+        default="tiny",
+        help="tiny (default: the tests' random tiny CLAP), captions (random, with a vocabulary "
+        "of the manifest's caption words and a wider text tower: querysep-mini's), a CLAP "
+        "folder or a Hub id to start from",
     )
     clap.add_argument("--valid", type=Path, help="manifest scored before and after (zero-shot)")
     clap.add_argument("--root", type=Path, help="root for the manifests' relative audio paths")
@@ -582,9 +586,9 @@ def _train(args: argparse.Namespace) -> int:
 def _train_clap(args: argparse.Namespace) -> int:
     from tqdm.auto import tqdm
 
-    from querysep.train.clap import PRETRAINED_LR, ClapFitConfig, train_clap
+    from querysep.train.clap import PRETRAINED_LR, RANDOM_INITS, ClapFitConfig, train_clap
 
-    lr = ClapFitConfig.lr if args.init == "tiny" else PRETRAINED_LR
+    lr = ClapFitConfig.lr if args.init in RANDOM_INITS else PRETRAINED_LR
     cfg = ClapFitConfig(
         steps=args.steps,
         batch_size=args.batch_size,

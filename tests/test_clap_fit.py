@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -149,6 +150,35 @@ def test_train_clap_cli_writes_an_encoder_that_configs_take(
     result = Trainer(load_train_config(tmp_path / "t.yaml")).fit()
     bundle = Separator.from_pretrained(result["final"], device="cpu")
     assert torch.equal(bundle.query_encoder.embed_text(["a beep"]), fitted.embed_text(["a beep"]))
+
+
+def test_a_caption_vocabulary_makes_each_caption_word_one_token() -> None:
+    from querysep.data.corpus import CLASSES, captions_of
+
+    captions = [c for label in CLASSES for c in captions_of(label)]
+    encoder = ClapQueryEncoder.tiny(0, captions=captions)
+    words = encoder.processor.tokenizer.tokenize
+    # what the byte-level pre-tokenizer cuts (a word, "'s", a hyphen) is never split further
+    split = [c for c in captions if len(words(c)) != len(re.findall(r"'s|\w+|[^\w\s]", c))]
+    assert not split, split
+    spelt = ClapQueryEncoder.tiny(0).processor.tokenizer.tokenize  # the tests' tiny vocabulary
+    assert len(spelt("a trombone playing")) > 3
+    # words the captions never had still tokenize, byte by byte, and embed
+    emb = encoder.embed_text(["a glass shattering on tiles"])
+    assert emb.shape == (1, encoder.dim) and bool(torch.isfinite(emb).all())
+
+
+def test_train_clap_from_the_captions_vocabulary(corpus: dict[str, Path], tmp_path: Path) -> None:
+    from querysep.train.clap import train_clap
+
+    out = tmp_path / "clap"
+    cfg = ClapFitConfig(steps=2, batch_size=4, seconds=1.0)
+    losses = train_clap(corpus["train"], out, cfg, init="captions")
+    assert len(losses) == 2 and all(np.isfinite(losses))
+    fitted = ClapQueryEncoder.from_pretrained(out)
+    assert fitted.processor.tokenizer.tokenize("a low hum") == ["a", "Ġlow", "Ġhum"]
+    assert fitted.model.config.text_config.hidden_size == 64  # the wider text tower
+    assert fitted.dim == ClapQueryEncoder.tiny(0).dim  # separators built for the tiny one fit
 
 
 def test_train_clap_cli_refuses_bad_requests(corpus: dict[str, Path], tmp_path: Path) -> None:

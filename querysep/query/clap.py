@@ -112,11 +112,14 @@ class ClapQueryEncoder:
         return cls(model, processor, source=source)
 
     @classmethod
-    def tiny(cls, seed: int = 0, fused: bool = False) -> ClapQueryEncoder:
-        """A random tiny CLAP built from config: offline tests, smoke runs, new bundles."""
+    def tiny(
+        cls, seed: int = 0, fused: bool = False, captions: Sequence[str] = ()
+    ) -> ClapQueryEncoder:
+        """A random tiny CLAP built from config: offline tests, smoke runs, new bundles; with
+        `captions`, a vocabulary of their words to fit from (`build_tiny_clap`)."""
         from querysep.query.tiny import build_tiny_clap
 
-        model, processor = build_tiny_clap(seed, fused=fused)
+        model, processor = build_tiny_clap(seed, fused=fused, captions=captions)
         return cls(model, processor, source=None)
 
     def save_pretrained(self, directory: str | Path) -> None:

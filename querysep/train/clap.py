@@ -27,6 +27,9 @@ from querysep.train.optim import lr_factor
 
 #: Peak learning rate when adapting a pretrained CLAP: more would erase what it knows.
 PRETRAINED_LR = 1e-5
+#: `init` values that start from random weights rather than a CLAP folder or Hub id: the tiny
+#: CLAP as tests build it, or one whose vocabulary is the training captions' words.
+RANDOM_INITS = ("tiny", "captions")
 
 
 @dataclass
@@ -209,8 +212,9 @@ def train_clap(
     report: Callable[[str, dict[str, float]], None] | None = None,
     on_step: Callable[[int, float], None] | None = None,
 ) -> list[float]:
-    """`querysep train-clap`: fits a CLAP (the tiny random one, or a pretrained folder / Hub
-    id) to a manifest's captions and writes it to `out` atomically. `report(when, scores)` gets
+    """`querysep train-clap`: fits a CLAP (the tiny random one, the same with a vocabulary of
+    the manifest's caption words, or a pretrained folder / Hub id) to a manifest's captions and
+    writes it to `out` atomically. `report(when, scores)` gets
     the zero-shot scores on `valid` before and after. Returns the per-step losses."""
     from querysep.data.manifest import read_manifest
     from querysep.files import atomic_dir, holds, refuse_nonempty
@@ -222,18 +226,18 @@ def train_clap(
     inputs = [
         Path(manifest),
         Path(valid) if valid else None,
-        Path(init) if init != "tiny" else None,
+        Path(init) if init not in RANDOM_INITS else None,
     ]
     if any(p is not None and p.exists() and holds(out, p) for p in inputs):
         raise QuerysepError(f"{out} holds an input: choose another output folder")
     refuse_nonempty(out, force)
     train = read_manifest(manifest, root=root)
     bank = ClipBank(read_manifest(valid, root=root)) if valid else None  # decoded once
-    encoder = (
-        ClapQueryEncoder.tiny(config.seed)
-        if init == "tiny"
-        else ClapQueryEncoder.from_pretrained(init)
-    )
+    if init in RANDOM_INITS:
+        captions = [c for entry in train for c in entry.captions] if init == "captions" else []
+        encoder = ClapQueryEncoder.tiny(config.seed, captions=captions)
+    else:
+        encoder = ClapQueryEncoder.from_pretrained(init)
     if config.batched_features and encoder.fused:
         raise QuerysepError("batched features are for unfused CLAPs; this one is fused")
     if bank is not None and report is not None:
