@@ -209,8 +209,8 @@ def build_parser() -> argparse.ArgumentParser:
         "--init",
         default="tiny",
         help="tiny (default: the tests' random tiny CLAP), captions (random, with a vocabulary "
-        "of the manifest's caption words and a wider text tower: querysep-mini's), a CLAP "
-        "folder or a Hub id to start from",
+        "of the manifest's caption words and a wider text tower; tried for querysep-mini, not "
+        "yet its recipe: bench/README.md), a CLAP folder or a Hub id to start from",
     )
     clap.add_argument("--valid", type=Path, help="manifest scored before and after (zero-shot)")
     clap.add_argument("--root", type=Path, help="root for the manifests' relative audio paths")

@@ -214,8 +214,8 @@ def train_clap(
 ) -> list[float]:
     """`querysep train-clap`: fits a CLAP (the tiny random one, the same with a vocabulary of
     the manifest's caption words, or a pretrained folder / Hub id) to a manifest's captions and
-    writes it to `out` atomically. `report(when, scores)` gets
-    the zero-shot scores on `valid` before and after. Returns the per-step losses."""
+    writes it to `out` atomically. `report(when, scores)` gets the zero-shot scores on `valid`
+    before and after. Returns the per-step losses."""
     from querysep.data.manifest import read_manifest
     from querysep.files import atomic_dir, holds, refuse_nonempty
     from querysep.query.clap import ClapQueryEncoder
