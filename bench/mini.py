@@ -245,7 +245,6 @@ def main() -> None:
 
     rows: list[dict[str, Any]] = []
     wrong, example, plain, negative, absent = [], [], [], [], []
-    kin_b, kin_bc = [], []  # whether B, or B or C, is of A's group (first `checks` items)
     for i in range(args.items):
         rng = np.random.default_rng([args.seed, i])
         a, clip_a, clip_b, clip_c, target, crop_b, crop_c = draw_item(rng, clips, i, frames)
@@ -255,8 +254,10 @@ def main() -> None:
             shot = example_clip(rng, clips, clip_a).audio
             queries += [clip_c.caption, AudioQuery(shot, rate)]
         results = sep.separate(mixture, queries, sample_rate=rate)
+        # whether B, and whether B or C, is of A's group
         kin = [group_of(a) == group_of(x.label) for x in (clip_b, clip_c)]
-        rows.append({"label": a, "kin": kin[0], **score(results[0].target[0], target, mixture)})
+        row = {"label": a, "kin": kin[0], "kin_any": any(kin)}
+        rows.append({**row, **score(results[0].target[0], target, mixture)})
         if i < checks:
             wrong.append(score(results[1].target[0], target, mixture))
             example.append(score(results[2].target[0], target, mixture))
@@ -271,8 +272,6 @@ def main() -> None:
             others = crop_b + crop_c
             out = sep.separate(others, clip_a.caption, sample_rate=rate).target[0]
             absent.append(float(metrics.energy_ratio_db(out, others)))
-            kin_b.append(kin[0])
-            kin_bc.append(kin[0] or kin[1])
         if (i + 1) % 20 == 0 or i + 1 == args.items:
             print(f"{i + 1}/{args.items} mixtures", file=sys.stderr, flush=True)
 
@@ -287,6 +286,8 @@ def main() -> None:
     sep.separate(long, clips[x][0].caption, sample_rate=rate)
     elapsed = time.perf_counter() - start
 
+    kin_b = [r["kin"] for r in rows[:checks]]
+    kin_bc = [r["kin_any"] for r in rows[:checks]]
     by_group = {g: [r for r in rows if group_of(r["label"]) == g] for g in GROUPS}
     by_class = {c: [r for r in rows if r["label"] == c] for c in labels}
     report: dict[str, Any] = {

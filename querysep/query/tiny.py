@@ -51,6 +51,13 @@ _CORPUS = [
 ]
 
 
+#: The text tower: the tests' (tiny, fast), and the one a caption vocabulary gets, wide enough
+#: to keep its words apart.
+TEXT_TOWER = dict(hidden_size=32, num_hidden_layers=1, num_attention_heads=2, intermediate_size=64)
+CAPTION_TEXT_TOWER = dict(
+    hidden_size=64, num_hidden_layers=2, num_attention_heads=4, intermediate_size=128
+)
+
 #: Merges allowed when the vocabulary learns captions: more than any caption set needs, so
 #: merging stops only when every word of them is a single token.
 CAPTION_VOCAB_SIZE = 8192
@@ -102,10 +109,7 @@ def build_tiny_clap(
     config = ClapConfig(
         text_config=dict(
             vocab_size=len(tokenizer),
-            hidden_size=64 if captions else 32,
-            num_hidden_layers=2 if captions else 1,
-            num_attention_heads=4 if captions else 2,
-            intermediate_size=128 if captions else 64,
+            **(CAPTION_TEXT_TOWER if captions else TEXT_TOWER),
             max_position_embeddings=80,
         ),
         audio_config=dict(
